@@ -1,0 +1,416 @@
+"""Ingest: read GTSRB / ImageFolder data (local or s3://), split it, write uint8 tensors and a data card.
+
+Plain Python, no KFP: the component in `component.py` and `tsr ingest` both call `ingest()`;
+`tsr evaluate --data` calls `read_source()` to read a held-out split the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tsr.config import StoreConfig
+from tsr.gtsrb import CLASS_NAMES, TRAIN_FILE_RE
+from tsr.preprocessing import ImageDecodeError, channel_stats, decode_image, image_to_uint8
+from tsr.store import open_store, split_s3_uri
+
+IMAGE_SUFFIXES = {".ppm", ".png", ".jpg", ".jpeg", ".bmp"}
+TRAIN_FILE = "train.safetensors"
+VAL_FILE = "val.safetensors"
+CARD_FILE = "data-card.json"
+LAYOUTS = ("auto", "gtsrb", "imagefolder")
+
+
+class DataError(ValueError):
+    """The data is unusable; the message names the file or folder at fault."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    source: str
+    layout: str = "auto"
+    split: str = "train"  # GTSRB split to read: "train" (split into train/val) or "test"
+    val_fraction: float = 0.2
+    seed: int = 0
+    image_size: int = 32
+    download: bool = False
+    max_groups_per_class: int = 0  # 0 = all; >0 keeps the first N tracks (or images) per class
+    threads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.split not in {"train", "test"}:
+            raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.max_groups_per_class < 0:
+            raise ValueError("max_groups_per_class must be >= 0")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+    group: int  # GTSRB: class * 100000 + track; ImageFolder: a unique id per image
+
+
+@dataclass
+class Listing:
+    root: Path
+    layout: str
+    class_names: list[str]
+    samples: list[Sample]
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, 3, S, S)
+    labels: torch.Tensor  # int64 (N,)
+    groups: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index], self.groups[index])
+
+
+@dataclass
+class LoadedImages:
+    split: Split
+    widths: list[int] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
+    fingerprint: str = ""
+
+
+# ---- finding data --------------------------------------------------------------------------------
+def gtsrb_base(root: Path) -> Path | None:
+    """The `GTSRB` folder for a torchvision root, a `gtsrb` folder, or the `GTSRB` folder itself."""
+    for candidate in (root / "gtsrb" / "GTSRB", root / "GTSRB", root):
+        if (candidate / "Training").is_dir() or (candidate / "Final_Test").is_dir():
+            return candidate
+    return None
+
+
+def detect_layout(root: Path) -> str:
+    if gtsrb_base(root) is not None:
+        return "gtsrb"
+    if any(p.is_dir() for p in root.iterdir()):
+        return "imagefolder"
+    raise DataError(
+        f"{root}: neither GTSRB layout (gtsrb/GTSRB/Training/000NN/*.ppm) nor ImageFolder (one folder per class)"
+    )
+
+
+def list_gtsrb_train(base: Path) -> Listing:
+    training = base / "Training"
+    if not training.is_dir():
+        raise DataError(f"{base}: no Training folder (expected {training})")
+    class_dirs = sorted(p for p in training.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise DataError(f"{training}: no class folders 00000..00042")
+    samples: list[Sample] = []
+    for class_dir in class_dirs:
+        if not class_dir.name.isdigit():
+            raise DataError(f"{class_dir}: class folder name must be a 5-digit class id")
+        label = int(class_dir.name)
+        if label >= len(CLASS_NAMES):
+            raise DataError(f"{class_dir}: class id {label} is outside 0..{len(CLASS_NAMES) - 1}")
+        found = 0
+        for path in sorted(class_dir.iterdir()):
+            match = TRAIN_FILE_RE.match(path.name)
+            if match is None:
+                continue
+            samples.append(Sample(path, label, label * 100_000 + int(match.group(1))))
+            found += 1
+        if found == 0:
+            raise DataError(f"{class_dir}: empty class folder (no TTTTT_FFFFF.ppm images)")
+    return Listing(root=base, layout="gtsrb", class_names=list(CLASS_NAMES), samples=samples)
+
+
+def _test_csv(base: Path) -> Path:
+    for candidate in (
+        base.parent / "GT-final_test.csv",
+        base / "GT-final_test.csv",
+        base / "Final_Test" / "GT-final_test.csv",
+    ):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{base.parent / 'GT-final_test.csv'}: missing label file for the GTSRB test split")
+
+
+def list_gtsrb_test(base: Path) -> Listing:
+    images = base / "Final_Test" / "Images"
+    if not images.is_dir():
+        raise DataError(f"{base}: no Final_Test/Images folder for the test split (expected {images})")
+    csv_path = _test_csv(base)
+    samples: list[Sample] = []
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=";")
+        if reader.fieldnames is None or not {"Filename", "ClassId"} <= set(reader.fieldnames):
+            raise DataError(f"{csv_path}: needs ';'-separated columns Filename and ClassId")
+        for lineno, row in enumerate(reader, start=2):
+            path = images / row["Filename"]
+            try:
+                label = int(row["ClassId"])
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{csv_path} line {lineno}: ClassId {row['ClassId']!r} is not an integer") from exc
+            if not 0 <= label < len(CLASS_NAMES):
+                raise DataError(f"{csv_path} line {lineno}: ClassId {label} outside 0..{len(CLASS_NAMES) - 1}")
+            if not path.is_file():
+                raise DataError(f"{csv_path} line {lineno}: image {path} does not exist")
+            samples.append(Sample(path, label, len(samples)))
+    if not samples:
+        raise DataError(f"{csv_path}: no rows")
+    return Listing(root=base, layout="gtsrb", class_names=list(CLASS_NAMES), samples=samples)
+
+
+def list_imagefolder(root: Path) -> Listing:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise DataError(f"{root}: ImageFolder layout needs at least 2 class folders, found {len(class_dirs)}")
+    samples: list[Sample] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{class_dir}: empty class folder (no {'/'.join(sorted(IMAGE_SUFFIXES))} images)")
+        samples.extend(Sample(path, label, len(samples) + i) for i, path in enumerate(files))
+    return Listing(root=root, layout="imagefolder", class_names=[p.name for p in class_dirs], samples=samples)
+
+
+def list_source(root: Path, layout: str = "auto", split: str = "train") -> Listing:
+    if not root.is_dir():
+        raise DataError(f"{root}: data directory does not exist")
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout == "gtsrb":
+        base = gtsrb_base(root)
+        if base is None:
+            raise DataError(f"{root}: not in GTSRB layout (expected gtsrb/GTSRB/Training or gtsrb/GTSRB/Final_Test)")
+        return list_gtsrb_train(base) if split == "train" else list_gtsrb_test(base)
+    if split == "test":
+        raise DataError(f"{root}: the 'test' split exists only in GTSRB layout")
+    return list_imagefolder(root)
+
+
+def limit_groups(listing: Listing, max_groups_per_class: int) -> Listing:
+    """Keep the first N groups (tracks) of every class: small but honest subsets for quick runs."""
+    if max_groups_per_class <= 0:
+        return listing
+    kept: dict[int, set[int]] = {}
+    samples = []
+    for s in listing.samples:
+        groups = kept.setdefault(s.label, set())
+        if s.group in groups or len(groups) < max_groups_per_class:
+            groups.add(s.group)
+            samples.append(s)
+    return Listing(listing.root, listing.layout, listing.class_names, samples)
+
+
+@contextmanager
+def local_copy(source: str, store: StoreConfig | None, download: bool) -> Iterator[Path]:
+    """A local directory for `source`: the directory itself, a temp copy of an s3:// prefix,
+    or torchvision's GTSRB download into `source` when `download` is set."""
+    if source.startswith("s3://"):
+        if store is None:
+            raise DataError(f"{source}: an s3:// source needs a configured store")
+        bucket, prefix = split_s3_uri(source)
+        objects = open_store(store, bucket)
+        keys = objects.list(prefix + "/" if prefix else "")
+        if not keys:
+            raise DataError(f"{source}: no objects under this prefix")
+        tmp = Path(tempfile.mkdtemp(prefix="tsr-ingest-"))
+        try:
+            for key in keys:
+                objects.get_file(key, tmp / key[len(prefix) :].lstrip("/"))
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if "://" in source:
+        raise DataError(f"{source}: unknown URI scheme (use a directory or s3://bucket/prefix)")
+    root = Path(source)
+    if download:
+        import torchvision
+
+        for split in ("train", "test"):
+            torchvision.datasets.GTSRB(str(root), split=split, download=True)
+    yield root
+
+
+# ---- reading images --------------------------------------------------------------------------------
+def load_samples(
+    samples: list[Sample], image_size: int, threads: int = 4, progress: Callable[[int], None] | None = None
+) -> LoadedImages:
+    """Decode every sample to uint8, recording original sizes and a content fingerprint."""
+    if not samples:
+        raise DataError("no images to load")
+
+    def read(sample: Sample) -> tuple[torch.Tensor, int, int, str]:
+        try:
+            data = sample.path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{sample.path}: cannot read ({exc})") from exc
+        try:
+            img = decode_image(data, source=str(sample.path))
+        except ImageDecodeError as exc:
+            raise DataError(str(exc)) from exc
+        return image_to_uint8(img, image_size), img.width, img.height, hashlib.sha256(data).hexdigest()
+
+    images = torch.empty((len(samples), 3, image_size, image_size), dtype=torch.uint8)
+    widths, heights, digests = [], [], []
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for i, (tensor, w, h, digest) in enumerate(pool.map(read, samples, chunksize=64)):
+            images[i] = tensor
+            widths.append(w)
+            heights.append(h)
+            digests.append(digest)
+            if progress is not None and (i + 1) % 512 == 0:
+                progress(512)
+    if progress is not None:
+        progress(len(samples) % 512)
+    fingerprint = hashlib.sha256()
+    for s, digest in sorted(zip((f"{s.label}/{s.path.name}" for s in samples), digests, strict=True)):
+        fingerprint.update(f"{s}\t{digest}\n".encode())
+    split = Split(
+        images=images,
+        labels=torch.tensor([s.label for s in samples], dtype=torch.int64),
+        groups=torch.tensor([s.group for s in samples], dtype=torch.int64),
+    )
+    return LoadedImages(split, widths, heights, fingerprint.hexdigest())
+
+
+def read_source(
+    source: str, split: str, image_size: int, store: StoreConfig | None = None, layout: str = "auto", threads: int = 4
+) -> tuple[Split, list[str]]:
+    """Read a whole split (e.g. GTSRB test) for evaluation, without splitting it further."""
+    with local_copy(source, store, download=False) as root:
+        listing = list_source(root, layout, split)
+        return load_samples(listing.samples, image_size, threads).split, listing.class_names
+
+
+# ---- splitting -----------------------------------------------------------------------------------
+def split_by_group(
+    labels: torch.Tensor, groups: torch.Tensor, val_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, a seeded share of whole groups (GTSRB tracks) goes to validation.
+
+    No group is ever on both sides, so near-duplicate frames of one track cannot leak.
+    Classes with a single group stay entirely in training.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    val_groups: set[int] = set()
+    for label in torch.unique(labels).tolist():
+        class_groups = torch.unique(groups[labels == label])
+        if len(class_groups) < 2:
+            continue
+        n_val = min(max(1, round(len(class_groups) * val_fraction)), len(class_groups) - 1)
+        order = torch.randperm(len(class_groups), generator=gen)
+        val_groups.update(class_groups[order[:n_val]].tolist())
+    is_val = torch.tensor([g in val_groups for g in groups.tolist()], dtype=torch.bool)
+    return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+def save_split(split: Split, path: Path) -> None:
+    save_file({"images": split.images.contiguous(), "labels": split.labels, "groups": split.groups}, str(path))
+
+
+def load_split(path: Path) -> Split:
+    if not path.is_file():
+        raise DataError(f"{path}: dataset file missing")
+    tensors = load_file(str(path))
+    images = tensors["images"]
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise DataError(f"{path}: images must be uint8 (N, 3, S, S), got {images.dtype} {tuple(images.shape)}")
+    return Split(images, tensors["labels"], tensors["groups"])
+
+
+def _size_stats(values: list[int]) -> dict[str, float]:
+    return {"min": min(values), "max": max(values), "mean": round(sum(values) / len(values), 2)}
+
+
+def make_data_card(
+    config: IngestConfig, listing: Listing, loaded: LoadedImages, train: Split, val: Split
+) -> dict[str, Any]:
+    """The dataset's identity and statistics; the channel stats are the predictor's drift reference."""
+    n = len(listing.class_names)
+    stats = channel_stats(train.images)
+    return {
+        "source": config.source,
+        "layout": listing.layout,
+        "split_strategy": "by-track" if listing.layout == "gtsrb" else "stratified-random",
+        "seed": config.seed,
+        "val_fraction": config.val_fraction,
+        "max_groups_per_class": config.max_groups_per_class,
+        "class_names": listing.class_names,
+        "num_classes": n,
+        "counts": {
+            "train": torch.bincount(train.labels, minlength=n).tolist(),
+            "val": torch.bincount(val.labels, minlength=n).tolist(),
+        },
+        "totals": {
+            "images": len(listing.samples),
+            "train": len(train),
+            "val": len(val),
+            "train_groups": int(torch.unique(train.groups).numel()),
+            "val_groups": int(torch.unique(val.groups).numel()),
+        },
+        "original_size": {"width": _size_stats(loaded.widths), "height": _size_stats(loaded.heights)},
+        "image_size": config.image_size,
+        "channel_mean": [round(v, 6) for v in stats.mean()],
+        "channel_std": [round(v, 6) for v in stats.std()],
+        "fingerprint": {"algorithm": "sha256", "value": loaded.fingerprint, "files": len(listing.samples)},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def ingest(
+    config: IngestConfig, out_dir: Path, store: StoreConfig | None = None, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Read, split and write `train.safetensors`, `val.safetensors` and `data-card.json` into `out_dir`."""
+    import json
+
+    with local_copy(config.source, store, config.download) as root:
+        listing = limit_groups(list_source(root, config.layout, config.split), config.max_groups_per_class)
+        loaded = load_samples(listing.samples, config.image_size, config.threads, progress)
+    everything = loaded.split
+    train_idx, val_idx = split_by_group(everything.labels, everything.groups, config.val_fraction, config.seed)
+    if len(val_idx) == 0:
+        raise DataError(f"{config.source}: too little data for a validation split (every class has a single track)")
+    train, val = everything.subset(train_idx), everything.subset(val_idx)
+    missing = [
+        listing.class_names[c]
+        for c, k in enumerate(torch.bincount(train.labels, minlength=len(listing.class_names)).tolist())
+        if k == 0
+    ]
+    if missing:
+        raise DataError(f"{config.source}: classes without training images: {missing[:5]}")
+    card = make_data_card(config, listing, loaded, train, val)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_split(train, out_dir / TRAIN_FILE)
+    save_split(val, out_dir / VAL_FILE)
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def read_data_card(dataset_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = dataset_dir / CARD_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: data card missing")
+    card: dict[str, Any] = json.loads(path.read_text())
+    return card

@@ -1,0 +1,40 @@
+"""KFP wrapper for registration: publish the gated model to MinIO and move `champion`."""
+
+from __future__ import annotations
+
+from kfp.dsl import Artifact, Dataset, Input, Model
+
+
+def register_component(
+    model: Input[Model],
+    dataset: Input[Dataset],
+    evaluation: Input[Artifact],
+    model_name: str = "gtsrb-classifier",
+    run_id: str = "",
+) -> str:
+    """Returns the version URI (s3://models/<name>/<version>); credentials come from env/Secret."""
+    import json
+    from pathlib import Path
+
+    from components.ingest.ingest import read_data_card
+    from components.register.register import build_model_card, register
+    from tsr.config import explicit_store_config
+
+    store = explicit_store_config()
+    if store is None:
+        raise RuntimeError(
+            "register needs a store: set TSR_S3_ENDPOINT/TSR_S3_ACCESS_KEY/TSR_S3_SECRET_KEY (a Secret in-cluster)"
+        )
+    result = json.loads(Path(evaluation.path).read_text())
+    metrics = {
+        split: {k: result[split][k] for k in ("accuracy", "macro_f1", "n")}
+        for split in ("validation", "test")
+        if split in result
+    }
+    model_config = json.loads((Path(model.path) / "config.json").read_text())
+    card = build_model_card(model_name, model_config, metrics, read_data_card(Path(dataset.path)), result["gate"])
+    card["run_id"] = run_id
+    card["champion_before"] = result.get("champion")
+    registered = register(Path(model.path), model_name, card, store)
+    print(f"registered {registered.uri}; champion -> {registered.version}", flush=True)
+    return registered.uri

@@ -1,0 +1,257 @@
+"""Train: a seeded, CPU-friendly training loop over the uint8 tensors that ingest wrote.
+
+Speed comes from keeping the whole split in memory as uint8, augmenting whole batches at
+once (one affine_grid/grid_sample call), channels_last, and explicit thread settings; no
+DataLoader workers are needed on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.ingest.ingest import Split
+from tsr.models import DEFAULT_ARCH, ModelConfig, build_model, save_model_dir
+from tsr.preprocessing import PreprocessConfig, channel_stats, prepare, standardize
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = DEFAULT_ARCH
+    width: int = 16
+    epochs: int = 18
+    batch_size: int = 256
+    lr: float = 0.2
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+    threads: int = 0  # 0 = every core torch sees
+    contrast: str = "equalize"
+    augment: bool = True
+    rotate_deg: float = 12.0
+    scale: float = 0.12
+    translate: float = 0.1
+    erase: float = 0.0  # probability of blanking a random square (cutout) in each image
+    export_program: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not (0 < self.lr < 10):
+            raise ValueError(f"lr must be in (0, 10), got {self.lr}")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    config: ModelConfig
+    history: list[EpochLog] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def set_threads(threads: int) -> int:
+    n = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random rotation, scale and shift for a whole [0, 1] float batch in one grid_sample.
+
+    No flips: many signs (turn left/right, curves) change meaning when mirrored.
+    """
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(cfg.rotate_deg)
+    scale = 1 + (torch.rand(n, generator=gen) * 2 - 1) * cfg.scale
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * cfg.translate * 2  # grid units span 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.erase > 0:
+        size = x.shape[-1]
+        side = max(1, size // 4)
+        ys = torch.randint(0, size - side + 1, (n,), generator=gen).view(n, 1, 1)
+        xs = torch.randint(0, size - side + 1, (n,), generator=gen).view(n, 1, 1)
+        rows = torch.arange(size).view(1, size, 1)
+        cols = torch.arange(size).view(1, 1, size)
+        box = (rows >= ys) & (rows < ys + side) & (cols >= xs) & (cols < xs + side)
+        box &= (torch.rand(n, generator=gen) < cfg.erase).view(n, 1, 1)
+        x = x.masked_fill(box.unsqueeze(1), 0.5)
+    return x
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module, split: Split, pre: PreprocessConfig, batch_size: int = 1024
+) -> tuple[float, float]:
+    """(mean loss, accuracy) of an eval-mode model on a whole split."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(split), batch_size):
+        x = standardize(prepare(split.images[start : start + batch_size], pre), pre)
+        y = split.labels[start : start + batch_size]
+        logits = model(x)
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return total_loss / max(len(split), 1), correct / max(len(split), 1)
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    progress.start()
+    progress.add_task("train", total=total, info="")
+    return progress
+
+
+def train(
+    train_split: Split,
+    val_split: Split,
+    class_names: list[str],
+    cfg: TrainConfig,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    show_progress: bool | None = None,
+) -> TrainResult:
+    """Train from scratch and return the eval-mode model with its config and history."""
+    if len(train_split) == 0:
+        raise ValueError("training split is empty")
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    # Standardization constants come from the prepared (contrast-adjusted) training pixels.
+    base = PreprocessConfig(image_size=int(train_split.images.shape[-1]), contrast=cfg.contrast)
+    stats = channel_stats(train_split.images, base)
+    pre = PreprocessConfig(base.image_size, base.contrast, stats.mean(), stats.std())
+
+    model = build_model(cfg.arch, len(class_names), width=cfg.width).to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+    steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=cfg.lr,
+        total_steps=cfg.epochs * steps_per_epoch,
+        pct_start=0.25,
+        div_factor=10.0,
+        final_div_factor=100.0,
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    bar = _progress_bar(cfg.epochs * steps_per_epoch, show_progress)
+    history: list[EpochLog] = []
+    seen, t_start = 0, time.perf_counter()
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            t_epoch = time.perf_counter()
+            order = torch.randperm(len(train_split), generator=gen)
+            loss_sum, correct, count = 0.0, 0, 0
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                x = prepare(train_split.images[idx], pre)
+                if cfg.augment:
+                    x = augment(x, cfg, gen)
+                x = standardize(x, pre)
+                y = train_split.labels[idx]
+                logits = model(x)
+                loss = criterion(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += float(loss.detach()) * len(idx)
+                correct += int((logits.argmax(1) == y).sum())
+                count += len(idx)
+                if bar is not None:
+                    bar.update(bar.task_ids[0], advance=1, info=f"epoch {epoch}/{cfg.epochs} loss {float(loss):.3f}")
+            seen += count
+            val_loss, val_acc = (
+                evaluate_split(model, val_split, pre) if len(val_split) else (float("nan"), float("nan"))
+            )
+            log = EpochLog(
+                epoch,
+                loss_sum / max(count, 1),
+                correct / max(count, 1),
+                val_loss,
+                val_acc,
+                time.perf_counter() - t_epoch,
+            )
+            history.append(log)
+            if on_epoch is not None:
+                on_epoch(log)
+    finally:
+        if bar is not None:
+            bar.stop()
+    elapsed = time.perf_counter() - t_start
+    model.eval()
+    config = ModelConfig(
+        arch=cfg.arch,
+        class_names=list(class_names),
+        preprocess=pre,
+        width=cfg.width,
+        train_params={**asdict(cfg), "threads_used": torch.get_num_threads()},
+    )
+    return TrainResult(model, config, history, elapsed, seen / elapsed if elapsed else 0.0)
+
+
+def write_model(result: TrainResult, out_dir: Path, export_program: bool = True) -> None:
+    """The Model artifact: weights, config, exported program and the training history."""
+    import json
+
+    save_model_dir(result.model, result.config, out_dir, export_program=export_program)
+    (out_dir / "history.json").write_text(
+        json.dumps(
+            {
+                "epochs": [asdict(h) for h in result.history],
+                "train_seconds": round(result.train_seconds, 2),
+                "images_per_second": round(result.images_per_second, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )

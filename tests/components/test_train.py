@@ -1,0 +1,86 @@
+"""Training logic on a small real subset: it learns, it is seeded, it writes a loadable model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.ingest.ingest import TRAIN_FILE, VAL_FILE, IngestConfig, ingest, load_split
+from components.train.train import TrainConfig, augment, train, write_model
+from tsr.models import PROGRAM_FILE, load_model_dir
+from tsr.preprocessing import to_model_input
+
+
+@pytest.fixture(scope="module")
+def small_dataset(gtsrb_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ds")
+    ingest(IngestConfig(source=str(gtsrb_small), max_groups_per_class=3), out)
+    return out
+
+
+def test_training_learns_and_writes_a_loadable_model(small_dataset: Path, tmp_path: Path) -> None:
+    tr, va = load_split(small_dataset / TRAIN_FILE), load_split(small_dataset / VAL_FILE)
+    names = [str(i) for i in range(43)]
+    result = train(tr, va, names, TrainConfig(epochs=3, width=8, threads=2, batch_size=64, lr=0.1), show_progress=False)
+    assert len(result.history) == 3
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    chance = 1 / 43
+    assert result.history[-1].val_accuracy > 5 * chance
+    write_model(result, tmp_path / "model")
+    model, config = load_model_dir(tmp_path / "model")
+    assert config.class_names == names and config.train_params["epochs"] == 3
+    assert (tmp_path / "model" / PROGRAM_FILE).is_file()
+    history = json.loads((tmp_path / "model" / "history.json").read_text())
+    assert len(history["epochs"]) == 3
+    x = to_model_input(va.images[:8], config.preprocess)
+    with torch.no_grad():
+        assert torch.allclose(model(x), result.model(x), atol=1e-5)
+    program = torch.export.load(str(tmp_path / "model" / PROGRAM_FILE))
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), model(x), atol=1e-4)
+
+
+def test_training_is_seeded(small_dataset: Path) -> None:
+    tr = load_split(small_dataset / TRAIN_FILE)
+    tr = tr.subset(torch.arange(0, len(tr), 4))
+    va = load_split(small_dataset / VAL_FILE)
+    cfg = TrainConfig(epochs=1, width=8, threads=1, seed=3)
+    a = train(tr, va, [str(i) for i in range(43)], cfg, show_progress=False)
+    b = train(tr, va, [str(i) for i in range(43)], cfg, show_progress=False)
+    for (ka, va_), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(va_, vb), ka
+
+
+def test_augment_keeps_shape_and_range_and_varies() -> None:
+    x = torch.rand(16, 3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    y = augment(x, TrainConfig(erase=0.5), gen)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert not torch.allclose(x, y)
+
+
+def test_torchvision_architecture_by_name(small_dataset: Path) -> None:
+    tr, va = load_split(small_dataset / TRAIN_FILE), load_split(small_dataset / VAL_FILE)
+    tr = tr.subset(torch.arange(0, 64))
+    result = train(
+        tr,
+        va.subset(torch.arange(0, 32)),
+        [str(i) for i in range(43)],
+        TrainConfig(arch="mobilenet_v3_small", epochs=1),
+        show_progress=False,
+    )
+    assert result.config.arch == "mobilenet_v3_small"
+
+
+def test_bad_training_parameters() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=-1)
+    from tsr.models import build_model
+
+    with pytest.raises(ValueError, match="unknown architecture 'resnet9000'"):
+        build_model("resnet9000", 43)

@@ -1,0 +1,100 @@
+"""Shared fixtures: the real GTSRB archive extracted once, a real MinIO on loopback, small models."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tsr.config import REPO_ROOT, StoreConfig
+from tsr.gtsrb import CLASS_NAMES
+from tsr.local_minio import LocalMinio, find_minio_binary
+from tsr.models import ModelConfig, build_model, save_model_dir
+from tsr.preprocessing import PreprocessConfig
+
+ARCHIVE = Path(os.environ.get("TSR_GTSRB_ARCHIVE", REPO_ROOT.parent / "shared" / "data" / "gtsrb-train-32.tar.gz"))
+
+
+@pytest.fixture(scope="session")
+def gtsrb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official GTSRB training set (32x32) in torchvision layout, extracted to a temp dir."""
+    if not ARCHIVE.is_file():
+        pytest.fail(f"GTSRB archive not found at {ARCHIVE} (set TSR_GTSRB_ARCHIVE)")
+    root = tmp_path_factory.mktemp("gtsrb")
+    with tarfile.open(ARCHIVE) as tar:
+        tar.extractall(root, filter="data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def gtsrb_small(gtsrb_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A train split with 4 tracks per class plus a test split (Final_Test + CSV) built from
+    2 further tracks per class, so held-out evaluation runs on unseen tracks."""
+    root = tmp_path_factory.mktemp("gtsrb-small")
+    training = gtsrb_root / "gtsrb" / "GTSRB" / "Training"
+    out_train = root / "gtsrb" / "GTSRB" / "Training"
+    out_test = root / "gtsrb" / "GTSRB" / "Final_Test" / "Images"
+    out_test.mkdir(parents=True)
+    rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
+    for class_dir in sorted(training.iterdir()):
+        tracks = sorted({p.name[:5] for p in class_dir.glob("*.ppm")})
+        (out_train / class_dir.name).mkdir(parents=True)
+        for track in tracks[:4]:
+            for path in class_dir.glob(f"{track}_*.ppm"):
+                shutil.copy(path, out_train / class_dir.name / path.name)
+        for track in tracks[4:6]:
+            for path in sorted(class_dir.glob(f"{track}_*.ppm"))[::3]:
+                name = f"{len(rows) - 1:05d}.ppm"
+                shutil.copy(path, out_test / name)
+                rows.append(f"{name};32;32;0;0;32;32;{int(class_dir.name)}")
+    (root / "gtsrb" / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def minio_binary() -> Path:
+    binary = find_minio_binary()
+    if binary is None:
+        pytest.fail("no MinIO binary: run `make tools` first (the Makefile's test target does)")
+    return binary
+
+
+@pytest.fixture
+def minio(tmp_path: Path, minio_binary: Path) -> Iterator[StoreConfig]:
+    """A real MinIO server on 127.0.0.1 with fresh data and generated credentials."""
+    server = LocalMinio(root=tmp_path / "minio", binary=minio_binary)
+    config = server.start()
+    try:
+        yield config
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def minio_server(tmp_path: Path, minio_binary: Path) -> Iterator[LocalMinio]:
+    """Like `minio`, but hands over the server object for tests that stop and restart it."""
+    server = LocalMinio(root=tmp_path / "minio", binary=minio_binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_model_dir(path: Path, seed: int = 0, export_program: bool = False) -> Path:
+    """An untrained (random) tsrnet model directory: enough for format and protocol tests."""
+    torch.manual_seed(seed)
+    model = build_model("tsrnet", len(CLASS_NAMES), width=8)
+    config = ModelConfig(arch="tsrnet", class_names=list(CLASS_NAMES), preprocess=PreprocessConfig(), width=8)
+    save_model_dir(model, config, path, export_program=export_program)
+    return path
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    return make_model_dir(tmp_path / "model")

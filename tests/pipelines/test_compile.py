@@ -1,0 +1,40 @@
+"""The committed IR YAML is what the code compiles to, and it carries what a cluster needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pipelines.compile import COMPILED, compile_pipeline
+
+
+def test_compiled_pipeline_is_up_to_date(tmp_path: Path) -> None:
+    fresh = compile_pipeline(tmp_path / "p.yaml")
+    assert COMPILED.is_file(), "run `make compile` and commit pipelines/compiled/"
+    assert fresh.read_text() == COMPILED.read_text(), "pipelines/compiled is stale: run `make compile`"
+
+
+def test_compiled_pipeline_structure(tmp_path: Path) -> None:
+    docs = list(
+        yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", image="registry.example/tsr:1.2.3").read_text())
+    )
+    spec, platform = docs[0], docs[1]
+    executors = spec["deploymentSpec"]["executors"]
+    images = {e["container"]["image"] for e in executors.values()}
+    assert images == {"registry.example/tsr:1.2.3"}
+    for executor in executors.values():
+        command = " ".join(executor["container"]["command"])
+        assert "pip install" not in command, "components must not pip install at run time"
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {"ingest-component", "train-component", "evaluate-component", "condition-1"} <= set(tasks)
+    condition = tasks["condition-1"]["triggerPolicy"]["condition"]
+    assert "gate" in condition and "pass" in condition
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert {"register-component", "deploy-component"} <= set(inner)
+    # MinIO credentials reach steps only as Secret-backed env vars, never as parameters.
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secrets = [env for ex in k8s.values() for env in ex.get("secretAsEnv", [])]
+    assert secrets and all(s["secretName"] == "tsr-s3-credentials" or s.get("secretNameParameter") for s in secrets)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert not any("secret" in name or "access" in name for name in params)

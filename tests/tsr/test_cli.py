@@ -1,0 +1,86 @@
+"""The `tsr` command as a user runs it: a real process, real MinIO, JSON on stdout, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tsr.config import StoreConfig
+from tsr.registry import Registry
+
+TSR = str(Path(sys.executable).parent / "tsr")
+
+
+def run_tsr(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [TSR, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_evaluate_contract_on_a_model_directory(tiny_model_dir: Path, gtsrb_small: Path) -> None:
+    result = run_tsr("evaluate", "--model", str(tiny_model_dir), "--data", str(gtsrb_small), "--split", "test")
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"accuracy", "macro_f1", "n"} <= set(line)
+    assert line["n"] == sum(1 for _ in (gtsrb_small / "gtsrb" / "GTSRB" / "Final_Test" / "Images").glob("*.ppm"))
+    assert 0.0 <= line["accuracy"] <= 1.0
+
+
+def test_evaluate_champion_from_minio(tiny_model_dir: Path, gtsrb_small: Path, minio: StoreConfig) -> None:
+    registry = Registry.from_config(minio)
+    version = registry.publish("gtsrb-classifier", tiny_model_dir, {})
+    registry.set_alias("gtsrb-classifier", version)
+    by_alias = run_tsr("evaluate", "--model", "champion", "--data", str(gtsrb_small), env=minio.env())
+    by_uri = run_tsr(
+        "evaluate", "--model", f"s3://models/gtsrb-classifier/{version}", "--data", str(gtsrb_small), env=minio.env()
+    )
+    a, b = json.loads(by_alias.stdout.splitlines()[-1]), json.loads(by_uri.stdout.splitlines()[-1])
+    assert a["accuracy"] == b["accuracy"] and a["model"] == f"s3://models/gtsrb-classifier/{version}"
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("s3://", "has no bucket name"),
+        ("gs://models/x/y", "unknown URI scheme"),
+        ("/definitely/not/here", "no such directory"),
+    ],
+)
+def test_bad_model_argument_fails_clearly(model: str, message: str, gtsrb_small: Path) -> None:
+    result = run_tsr("evaluate", "--model", model, "--data", str(gtsrb_small), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_data_argument_fails_clearly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = run_tsr("evaluate", "--model", str(tiny_model_dir), "--data", str(tmp_path / "nope"), check=False)
+    assert result.returncode != 0 and "does not exist" in result.stderr
+
+
+def test_models_list_json(tiny_model_dir: Path, minio: StoreConfig) -> None:
+    registry = Registry.from_config(minio)
+    version = registry.publish("gtsrb-classifier", tiny_model_dir, {"metrics": {"validation": {"accuracy": 0.5}}})
+    registry.set_alias("gtsrb-classifier", version)
+    rows = json.loads(run_tsr("models", "list", "--json", env=minio.env()).stdout)
+    assert rows == [
+        {
+            "version": version,
+            "champion": True,
+            "accuracy": 0.5,
+            "arch": None,
+            "uri": f"s3://models/gtsrb-classifier/{version}",
+        }
+    ]
+
+
+def test_help_lists_the_commands() -> None:
+    out = run_tsr("--help").stdout
+    for command in ("evaluate", "serve", "pipeline", "models", "demo", "store"):
+        assert command in out

@@ -1,0 +1,286 @@
+"""`tsr`: the command line. Thin: parse arguments, call the functions the components call."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tsr.config import ConfigError, state_dir
+from tsr.registry import DEFAULT_MODEL_NAME, Registry, RegistryError, materialize, parse_model_spec
+
+app = typer.Typer(help="Traffic-sign recognition platform: pipeline, registry, serving.", no_args_is_help=True)
+store_app = typer.Typer(help="The object store (embedded MinIO by default).", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Compile or run the KFP training pipeline.", no_args_is_help=True)
+models_app = typer.Typer(help="Browse the model registry.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _store_session() -> Any:
+    from tsr.local_minio import store_session
+
+    return store_session()
+
+
+def _cache_dir() -> Path:
+    return state_dir() / "cache" / "models"
+
+
+# ---- store -----------------------------------------------------------------------------------------
+@store_app.command("start")
+def store_start() -> None:
+    """Start the embedded MinIO (if no store is configured) and print its environment variables."""
+    from tsr.config import explicit_store_config
+    from tsr.local_minio import local_minio
+
+    explicit = explicit_store_config()
+    if explicit is not None:
+        out.print(f"a store is configured ({explicit.origin}): {explicit.describe()}; nothing to start")
+        return
+    server = local_minio()
+    config = server.running() or server.start()
+    err.print(f"MinIO running: {config.describe()} (data {server.data_dir})")
+    for key, value in config.env().items():
+        out.print(f"export {key}={value}", markup=False, highlight=False)
+
+
+@store_app.command("stop")
+def store_stop() -> None:
+    """Stop the embedded MinIO."""
+    from tsr.local_minio import local_minio
+
+    local_minio().stop()
+    err.print("embedded MinIO stopped")
+
+
+# ---- data, training, evaluation ---------------------------------------------------------------------
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Option(help="GTSRB/ImageFolder directory or s3://bucket/prefix")],
+    out_dir: Annotated[Path, typer.Option("--out", help="where to write the dataset")],
+    layout: Annotated[str, typer.Option(help="auto | gtsrb | imagefolder")] = "auto",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_groups_per_class: Annotated[int, typer.Option(help="keep N tracks per class (0 = all)")] = 0,
+    download: Annotated[bool, typer.Option(help="fetch GTSRB with torchvision's downloader")] = False,
+) -> None:
+    """Read and split a data source into uint8 tensors plus a data card (what the ingest step does)."""
+    from components.ingest.ingest import DataError, IngestConfig
+    from components.ingest.ingest import ingest as run_ingest
+
+    try:
+        config = IngestConfig(
+            source, layout, "train", val_fraction, seed, max_groups_per_class=max_groups_per_class, download=download
+        )
+        if source.startswith("s3://"):
+            with _store_session() as store:
+                card = run_ingest(config, out_dir, store)
+        else:
+            card = run_ingest(config, out_dir)
+    except (DataError, ValueError) as exc:
+        fail(str(exc))
+    out.print_json(json.dumps(card["totals"]))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="s3://models/<name>/<version> | champion | latest | model directory")],
+    data: Annotated[str, typer.Option(help="directory in GTSRB (or ImageFolder) layout, or s3://bucket/prefix")],
+    split: Annotated[str, typer.Option(help="test | train")] = "test",
+    model_name: Annotated[str, typer.Option(help="registry name used with champion/latest")] = DEFAULT_MODEL_NAME,
+    per_class: Annotated[bool, typer.Option(help="include per-class accuracy in the JSON")] = False,
+) -> None:
+    """Evaluate a model on a data split; prints one JSON line with accuracy, macro_f1 and n."""
+    from components.evaluate.evaluate import evaluate_model
+    from components.ingest.ingest import DataError, read_source
+    from tsr.models import load_model_dir
+
+    try:
+        spec = parse_model_spec(model, model_name)
+        if spec.needs_store or data.startswith("s3://"):
+            with _store_session() as store:
+                model_dir, uri = materialize(spec, store, _cache_dir())
+                loaded, config = load_model_dir(model_dir)
+                data_split, _ = read_source(data, split, config.preprocess.image_size, store)
+        else:
+            model_dir, uri = materialize(spec, None, _cache_dir())
+            loaded, config = load_model_dir(model_dir)
+            data_split, _ = read_source(data, split, config.preprocess.image_size)
+        metrics = evaluate_model(loaded, config.preprocess, config.num_classes, data_split)
+    except (DataError, RegistryError, ConfigError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    result: dict[str, Any] = {**metrics.summary(), "model": uri, "data": data, "split": split}
+    if per_class:
+        result["per_class_accuracy"] = metrics.per_class_accuracy
+    print(json.dumps(result), flush=True)
+
+
+# ---- serving -----------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="s3://models/<name>/<version> | champion | latest | model directory")],
+    http_port: Annotated[int, typer.Option(help="HTTP port for V1/V2 endpoints and /metrics")] = 8080,
+    model_name: Annotated[
+        str, typer.Option(help="name in the URL and, for champion/latest, in the registry")
+    ] = DEFAULT_MODEL_NAME,
+    threads: Annotated[int, typer.Option(help="torch threads (0 = all cores)")] = 0,
+) -> None:
+    """Serve a model with the KServe model server (V1 and V2 REST)."""
+    from serving.server import ServeConfig
+    from serving.server import serve as run_server
+
+    try:
+        spec = parse_model_spec(model, model_name)
+    except (ValueError, RegistryError) as exc:
+        fail(str(exc))
+    cfg = ServeConfig(model=model, model_name=model_name, http_port=http_port, threads=threads, cache_dir=_cache_dir())
+    if spec.needs_store:
+        with _store_session() as store:
+            run_server(cfg, store)
+    else:
+        run_server(cfg, None)
+
+
+# ---- pipeline ----------------------------------------------------------------------------------------
+@pipeline_app.command("compile")
+def pipeline_compile(
+    out_file: Annotated[Path, typer.Option("--out")] = Path("pipelines/compiled/tsr_training.yaml"),
+    image: Annotated[str, typer.Option(help="component image, registry/name:tag")] = "",
+) -> None:
+    """Write the pipeline's KFP IR YAML."""
+    from components.factory import DEFAULT_COMPONENT_IMAGE
+    from pipelines.compile import compile_pipeline
+
+    out.print(str(compile_pipeline(out_file, image or DEFAULT_COMPONENT_IMAGE)))
+
+
+@pipeline_app.command("run-local")
+def pipeline_run_local(
+    data: Annotated[str, typer.Option(help="GTSRB/ImageFolder directory or s3://bucket/prefix")],
+    epochs: int = 18,
+    max_groups_per_class: int = 0,
+    model_name: str = DEFAULT_MODEL_NAME,
+    min_accuracy: float = 0.95,
+    deploy_mode: Annotated[str, typer.Option(help="none | manifest | local")] = "manifest",
+    test_data: str = "",
+) -> None:
+    """Run the whole pipeline on this machine with kfp.local (store: configured or embedded MinIO)."""
+    from pipelines.local_run import run_local
+
+    params = {
+        "data_source": data,
+        "epochs": epochs,
+        "max_groups_per_class": max_groups_per_class,
+        "model_name": model_name,
+        "min_accuracy": min_accuracy,
+        "deploy_mode": deploy_mode,
+        "test_data": test_data,
+    }
+    with _store_session() as store:
+        result = run_local(params, store, state_dir() / "kfp-local")
+        registry = Registry.from_config(store)
+        champion = registry.get_alias(model_name)
+    print(json.dumps({"run_id": result.run_id, "seconds": round(result.seconds, 1), "champion": champion}))
+
+
+# ---- registry ----------------------------------------------------------------------------------------
+@models_app.command("list")
+def models_list(
+    model_name: str = DEFAULT_MODEL_NAME,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List complete versions with their validation accuracy; the champion is marked."""
+    with _store_session() as store:
+        registry = Registry.from_config(store)
+        champion = registry.get_alias(model_name)
+        rows = []
+        for version in registry.versions(model_name):
+            card = registry.read_card(model_name, version)
+            val = card.get("metrics", {}).get("validation", {})
+            rows.append(
+                {
+                    "version": version,
+                    "champion": version == champion,
+                    "accuracy": val.get("accuracy"),
+                    "arch": card.get("arch"),
+                    "uri": card.get("uri"),
+                }
+            )
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"{model_name} ({store.describe()})")
+    for col in ("version", "champion", "val accuracy", "arch"):
+        table.add_column(col)
+    for r in rows:
+        acc = f"{100 * r['accuracy']:.2f}%" if isinstance(r["accuracy"], float) else "–"
+        table.add_row(r["version"], "★" if r["champion"] else "", acc, str(r["arch"]))
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="version id, champion or latest")] = "champion",
+    model_name: str = DEFAULT_MODEL_NAME,
+) -> None:
+    """Print a version's model card."""
+    with _store_session() as store:
+        registry = Registry.from_config(store)
+        try:
+            version = registry.resolve(model_name, ref)
+        except RegistryError as exc:
+            fail(str(exc))
+        print(json.dumps(registry.read_card(model_name, version), indent=2))
+
+
+# ---- demo --------------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="GTSRB root (else cached, the shared archive, or download)")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs (the default config uses 18)")] = 18,
+    max_groups_per_class: Annotated[int, typer.Option(help="tracks per class, 0 = all (quick runs use a few)")] = 0,
+    min_accuracy: float = 0.95,
+    requests: Annotated[int, typer.Option(help="images sent to the endpoint")] = 8,
+) -> None:
+    """The main job end to end: MinIO, pipeline, registry, predictor, real HTTP requests, summary."""
+    from tsr.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        data_dir=data_dir,
+        epochs=epochs,
+        max_groups_per_class=max_groups_per_class,
+        min_accuracy=min_accuracy,
+        requests=requests,
+    )
+    try:
+        summary = run_demo(cfg, out, err)
+    except (RuntimeError, ValueError, ConfigError) as exc:
+        fail(str(exc))
+    print(json.dumps(summary), flush=True)
+    if summary.get("gate") != "pass":
+        raise typer.Exit(2)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(prog_name="tsr")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,173 @@
+"""The one preprocessing code path shared by ingest, train, evaluate and the predictor.
+
+Images travel as uint8 tensors (N, 3, H, W) from decoding until the last moment, because
+that is compact in memory and identical whether a pixel came from a PPM on disk or a PNG
+in an HTTP request. `prepare` and `standardize` turn them into model input; training adds
+its augmentation between those two calls and nothing else differs.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+# Decompression-bomb guard for anything we decode; the predictor sets a tighter limit.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageDecodeError(ValueError):
+    """An image could not be decoded; the message names its source."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything needed to reproduce the model's input exactly; stored in the model config."""
+
+    image_size: int = 32
+    # "equalize": per-image histogram equalization, which evens out GTSRB's many very dark
+    # and washed-out photos; "none": pixels as they are.
+    contrast: str = "equalize"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.29, 0.29, 0.29)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        return cls(
+            image_size=int(data["image_size"]),
+            contrast=str(data.get("contrast", "none")),
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+        )
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.contrast not in CONTRAST_MODES:
+            raise ValueError(f"contrast must be one of {sorted(CONTRAST_MODES)}, got {self.contrast!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values each, std > 0")
+
+
+CONTRAST_MODES = {"equalize", "none"}
+
+
+def decode_image(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode PNG/JPEG/PPM bytes to RGB, refusing oversized images before the pixels are read."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageDecodeError(f"{source}: image is {w}x{h} = {w * h} pixels, limit is {max_pixels}")
+        img.load()
+        return img.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"{source}: cannot decode image ({exc})") from exc
+
+
+def image_to_uint8(img: Image.Image, image_size: int) -> torch.Tensor:
+    """RGB PIL image -> (3, S, S) uint8, resized with antialiasing when its size differs."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_image_file(path: Path, image_size: int) -> torch.Tensor:
+    """Read one image file as (3, S, S) uint8; errors name the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read file ({exc})") from exc
+    return image_to_uint8(decode_image(data, source=str(path)), image_size)
+
+
+def resize_uint8(batch: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Resize a uint8 (N, 3, H, W) batch to the model's size (for raw tensors sent to the predictor)."""
+    if batch.shape[-2:] == (image_size, image_size):
+        return batch
+    out = F.interpolate(
+        batch.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def prepare(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 in [0, 1] at the model's size, contrast applied."""
+    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
+        raise ValueError(f"expected uint8 tensor of shape (N, 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
+    batch = resize_uint8(batch, cfg.image_size)
+    if cfg.contrast == "equalize":
+        batch = TF.equalize(batch)
+    return batch.float().div_(255.0)
+
+
+def standardize(x: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """Per-channel standardization; returns channels_last memory for faster CPU convolutions."""
+    mean = torch.tensor(cfg.mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def to_model_input(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """The whole inference-time path: uint8 images -> standardized float input."""
+    return standardize(prepare(batch, cfg), cfg)
+
+
+def float_chw_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (N, 3, H, W) -> uint8, so float and uint8 inputs share one path."""
+    if not torch.isfinite(x).all():
+        raise ValueError("float tensor contains NaN or infinity")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError("float tensor values must lie in [0, 1]")
+    return (x * 255.0).round_().to(torch.uint8)
+
+
+@dataclass
+class ChannelStats:
+    """Per-channel mean/std of [0, 1] pixels, accumulated in chunks to bound memory."""
+
+    count: int = 0
+    total: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    total_sq: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+    def update(self, batch: torch.Tensor) -> None:
+        x = batch.double().div(255.0) if batch.dtype == torch.uint8 else batch.double()
+        self.count += x.shape[0] * x.shape[2] * x.shape[3]
+        s = x.sum(dim=(0, 2, 3))
+        sq = (x * x).sum(dim=(0, 2, 3))
+        for c in range(3):
+            self.total[c] += float(s[c])
+            self.total_sq[c] += float(sq[c])
+
+    def mean(self) -> tuple[float, float, float]:
+        m = [t / max(self.count, 1) for t in self.total]
+        return (m[0], m[1], m[2])
+
+    def std(self) -> tuple[float, float, float]:
+        m = self.mean()
+        v = [max(sq / max(self.count, 1) - mu * mu, 1e-12) ** 0.5 for sq, mu in zip(self.total_sq, m, strict=True)]
+        return (v[0], v[1], v[2])
+
+
+def channel_stats(images: torch.Tensor, cfg: PreprocessConfig | None = None, chunk: int = 4096) -> ChannelStats:
+    """Stats of raw uint8 images, or of `prepare`d ones when a config is given."""
+    stats = ChannelStats()
+    for start in range(0, images.shape[0], chunk):
+        part = images[start : start + chunk]
+        stats.update(prepare(part, cfg) if cfg is not None else part)
+    return stats

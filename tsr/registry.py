@@ -1,0 +1,245 @@
+"""The model registry: immutable versions with checksums and a `champion` alias, in an object store.
+
+Layout in the `models` bucket:
+  <name>/<version>/<model files>       weights, config, exported program
+  <name>/<version>/model-card.json     metrics, parameters, lineage
+  <name>/<version>/SHA256SUMS          sha256 of every file above; written last
+  <name>/champion                      JSON pointing at a version; moved only after SHA256SUMS
+
+A version without SHA256SUMS is incomplete: readers never list, resolve or load it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tsr.config import DEFAULT_BUCKET, StoreConfig
+from tsr.store import ObjectStore, open_store, split_s3_uri
+
+SUMS_FILE = "SHA256SUMS"
+CARD_FILE = "model-card.json"
+CHAMPION = "champion"
+DEFAULT_MODEL_NAME = "gtsrb-classifier"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class RegistryError(RuntimeError):
+    """A registry rule was broken (immutability, checksum, missing version); the message says which."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    if not _NAME_RE.match(name):
+        raise RegistryError(f"invalid {what} {name!r}: use lowercase letters, digits, '.', '_', '-' (max 63)")
+    return name
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    """Sortable by time, unique by a random suffix: 20261123-140501-3fa2c1."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def format_sums(sums: dict[str, str]) -> str:
+    return "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items()))
+
+
+def parse_sums(text: str, source: str) -> dict[str, str]:
+    sums: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest) or not name or "/" in name or name.startswith("."):
+            raise RegistryError(f"{source} line {lineno}: malformed checksum line {line!r}")
+        sums[name] = digest
+    if not sums:
+        raise RegistryError(f"{source} is empty")
+    return sums
+
+
+@dataclass
+class Registry:
+    store: ObjectStore
+
+    @classmethod
+    def from_config(cls, config: StoreConfig, bucket: str = DEFAULT_BUCKET) -> Registry:
+        return cls(open_store(config, bucket))
+
+    def uri(self, name: str, version: str) -> str:
+        return self.store.uri(f"{name}/{version}")
+
+    # ---- writing ---------------------------------------------------------------------------
+    def publish(self, name: str, model_dir: Path, card: dict[str, Any], version: str | None = None) -> str:
+        """Upload a model directory as a new immutable version and return the version id."""
+        check_name(name)
+        version = check_name(version or new_version_id(), "version")
+        files = sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise RegistryError(f"model directory {model_dir} is empty")
+        reserved = {SUMS_FILE, CARD_FILE} & {p.name for p in files}
+        if reserved:
+            raise RegistryError(f"model directory {model_dir} must not contain {sorted(reserved)}")
+        self.store.ensure_bucket()
+        prefix = f"{name}/{version}/"
+        if self.store.list(prefix):
+            raise RegistryError(f"version {self.uri(name, version)} already exists; versions are immutable")
+        sums = {p.name: sha256_file(p) for p in files}
+        card = {**card, "name": name, "version": version, "uri": self.uri(name, version)}
+        card_bytes = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
+        sums[CARD_FILE] = hashlib.sha256(card_bytes).hexdigest()
+        for path in files:
+            self.store.put_file(prefix + path.name, path)
+        self.store.put_bytes(prefix + CARD_FILE, card_bytes, "application/json")
+        # The commit point: only now does the version become visible to readers.
+        self.store.put_bytes(prefix + SUMS_FILE, format_sums(sums).encode(), "text/plain")
+        return version
+
+    def set_alias(self, name: str, version: str, alias: str = CHAMPION) -> None:
+        check_name(name)
+        if not self.is_complete(name, version):
+            raise RegistryError(f"cannot point {alias!r} at {self.uri(name, version)}: no such complete version")
+        previous = self.get_alias(name, alias)
+        record = {
+            "version": version,
+            "uri": self.uri(name, version),
+            "previous": previous,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self.store.put_bytes(f"{name}/{alias}", json.dumps(record, indent=2).encode(), "application/json")
+
+    # ---- reading ---------------------------------------------------------------------------
+    def is_complete(self, name: str, version: str) -> bool:
+        return self.store.exists(f"{name}/{version}/{SUMS_FILE}")
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions, oldest first."""
+        keys = self.store.list(f"{name}/")
+        return sorted({k.split("/")[1] for k in keys if k.count("/") == 2 and k.endswith("/" + SUMS_FILE)})
+
+    def get_alias(self, name: str, alias: str = CHAMPION) -> str | None:
+        try:
+            record = json.loads(self.store.get_bytes(f"{name}/{alias}"))
+        except FileNotFoundError:
+            return None
+        return str(record["version"])
+
+    def resolve(self, name: str, ref: str) -> str:
+        """'champion' (or another alias), 'latest', or a version id -> a complete version id."""
+        if ref == "latest":
+            versions = self.versions(name)
+            if not versions:
+                raise RegistryError(f"model {name!r} has no versions in {self.store.uri(name)}")
+            return versions[-1]
+        if ref == CHAMPION:
+            version = self.get_alias(name, ref)
+            if version is None:
+                raise RegistryError(f"model {name!r} has no {ref!r} alias in {self.store.uri(name)}")
+            return version
+        if not self.is_complete(name, ref):
+            raise RegistryError(f"{self.uri(name, ref)} is not a complete version")
+        return ref
+
+    def read_card(self, name: str, version: str) -> dict[str, Any]:
+        card: dict[str, Any] = json.loads(self.store.get_bytes(f"{name}/{version}/{CARD_FILE}"))
+        return card
+
+    def fetch(self, name: str, version: str, cache_dir: Path) -> Path:
+        """Download a version into `cache_dir/<name>/<version>`, verifying every sha256.
+
+        A cached copy is re-verified against the registry's SHA256SUMS before reuse; a bad
+        download is deleted, never left where a later call could pick it up.
+        """
+        source = f"{self.uri(name, version)}/{SUMS_FILE}"
+        try:
+            sums_text = self.store.get_bytes(f"{name}/{version}/{SUMS_FILE}").decode()
+            sums = parse_sums(sums_text, source)
+        except FileNotFoundError as exc:
+            raise RegistryError(f"{self.uri(name, version)} is not a complete version (no {SUMS_FILE})") from exc
+        target = cache_dir / name / version
+        if target.is_dir() and _matches(target, sums):
+            return target
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".download-"))
+        try:
+            for filename, digest in sums.items():
+                self.store.get_file(f"{name}/{version}/{filename}", tmp / filename)
+                actual = sha256_file(tmp / filename)
+                if actual != digest:
+                    raise RegistryError(
+                        f"checksum mismatch for {self.uri(name, version)}/{filename}: "
+                        f"expected {digest[:12]}…, got {actual[:12]}…; refusing to load it"
+                    )
+            (tmp / SUMS_FILE).write_text(sums_text)
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+
+def _matches(directory: Path, sums: dict[str, str]) -> bool:
+    return all((directory / f).is_file() and sha256_file(directory / f) == d for f, d in sums.items())
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed `--model` argument: a local directory or a registry name + version/alias."""
+
+    directory: Path | None = None
+    bucket: str = DEFAULT_BUCKET
+    name: str = DEFAULT_MODEL_NAME
+    ref: str = CHAMPION
+
+    @property
+    def needs_store(self) -> bool:
+        return self.directory is None
+
+
+def parse_model_spec(spec: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelSpec:
+    """Accepts `champion`, `latest`, `s3://models/<name>/<version|champion>`, `file://…`, or a directory."""
+    if spec in {CHAMPION, "latest"}:
+        return ModelSpec(name=default_name, ref=spec)
+    if spec.startswith("s3://"):
+        bucket, key = split_s3_uri(spec)
+        parts = key.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"model URI {spec!r} must look like s3://<bucket>/<name>/<version|champion>")
+        return ModelSpec(bucket=bucket, name=check_name(parts[0]), ref=parts[1])
+    if spec.startswith("file://"):
+        spec = spec[len("file://") :]
+    elif "://" in spec:
+        raise ValueError(f"model {spec!r}: unknown URI scheme (use s3://, file://, a directory or 'champion')")
+    path = Path(spec)
+    if not path.is_dir():
+        raise ValueError(f"model {spec!r}: no such directory (nor 'champion', 'latest' or an s3:// URI)")
+    return ModelSpec(directory=path)
+
+
+def materialize(spec: ModelSpec, store: StoreConfig | None, cache_dir: Path) -> tuple[Path, str]:
+    """Return a verified local model directory for `spec` and the URI it came from."""
+    if spec.directory is not None:
+        return spec.directory, str(spec.directory.resolve())
+    if store is None:
+        raise RegistryError("a registry model was asked for but no store is configured")
+    registry = Registry.from_config(store, spec.bucket)
+    version = registry.resolve(spec.name, spec.ref)
+    return registry.fetch(spec.name, version, cache_dir), registry.uri(spec.name, version)

@@ -1,0 +1,228 @@
+"""A tiny object-store interface with two backends: S3/MinIO (the `minio` SDK) and a directory.
+
+The registry and the ingest step speak only this interface, so the directory fallback
+behaves exactly like MinIO for them (keys, listing, atomic whole-object writes).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from minio import Minio
+from minio.error import S3Error
+from urllib3 import PoolManager, Retry, Timeout
+
+from tsr.config import StoreConfig
+
+
+class StoreError(RuntimeError):
+    """The object store refused or failed an operation; the message names bucket and key."""
+
+
+class ObjectStore(Protocol):
+    bucket: str
+
+    def uri(self, key: str) -> str: ...
+    def ensure_bucket(self) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def put_file(self, key: str, path: Path) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def get_file(self, key: str, path: Path) -> None: ...
+    def list(self, prefix: str, recursive: bool = True) -> list[str]: ...
+    def remove(self, key: str) -> None: ...
+
+
+class S3Store:
+    """Objects in one bucket of an S3-compatible server."""
+
+    def __init__(self, config: StoreConfig, bucket: str, retries: int = 3) -> None:
+        self.bucket = bucket
+        self.config = config
+        http = PoolManager(
+            timeout=Timeout(connect=5, read=60),
+            retries=Retry(total=retries, backoff_factor=0.3, status_forcelist=(500, 502, 503, 504)),
+        )
+        self.client = Minio(
+            config.endpoint,
+            access_key=config.access_key,
+            secret_key=config.secret_key,
+            secure=config.secure,
+            region=config.region,
+            http_client=http,
+        )
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _fail(self, action: str, key: str, exc: Exception) -> StoreError:
+        return StoreError(f"{action} {self.uri(key)} on {self.config.describe()} failed: {exc}")
+
+    def ensure_bucket(self) -> None:
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+        except S3Error as exc:
+            if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                raise self._fail("create bucket", "", exc) from exc
+        except Exception as exc:
+            raise self._fail("reach bucket", "", exc) from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.stat_object(self.bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}:
+                return False
+            raise self._fail("stat", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("stat", key, exc) from exc
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        try:
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        except Exception as exc:
+            raise self._fail("upload", key, exc) from exc
+
+    def put_file(self, key: str, path: Path) -> None:
+        try:
+            self.client.fput_object(self.bucket, key, str(path))
+        except Exception as exc:
+            raise self._fail("upload", key, exc) from exc
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(self.bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchBucket"}:
+                raise FileNotFoundError(f"{self.uri(key)} does not exist") from exc
+            raise self._fail("download", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("download", key, exc) from exc
+
+    def get_file(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.fget_object(self.bucket, key, str(path))
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchBucket"}:
+                raise FileNotFoundError(f"{self.uri(key)} does not exist") from exc
+            raise self._fail("download", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("download", key, exc) from exc
+
+    def list(self, prefix: str, recursive: bool = True) -> list[str]:
+        try:
+            return sorted(
+                o.object_name
+                for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive)
+                if o.object_name
+            )
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return []
+            raise self._fail("list", prefix, exc) from exc
+        except Exception as exc:
+            raise self._fail("list", prefix, exc) from exc
+
+    def remove(self, key: str) -> None:
+        try:
+            self.client.remove_object(self.bucket, key)
+        except Exception as exc:
+            raise self._fail("remove", key, exc) from exc
+
+
+class DirStore:
+    """The same interface over `<directory>/<bucket>/<key>`; writes are atomic renames."""
+
+    def __init__(self, directory: Path, bucket: str) -> None:
+        self.bucket = bucket
+        self.root = directory / bucket
+
+    def uri(self, key: str) -> str:
+        return f"file://{self.root / key}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StoreError(f"key {key!r} escapes the store directory")
+        return path
+
+    def ensure_bucket(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+
+    def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.uri(key)} does not exist")
+        return path.read_bytes()
+
+    def get_file(self, key: str, path: Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise FileNotFoundError(f"{self.uri(key)} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, path)
+
+    def list(self, prefix: str, recursive: bool = True) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        keys: Iterator[Path] = (p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
+        found = sorted(str(p.relative_to(self.root)) for p in keys)
+        found = [k for k in found if k.startswith(prefix)]
+        if recursive:
+            return found
+        shallow = {prefix + k[len(prefix) :].split("/", 1)[0] + ("/" if "/" in k[len(prefix) :] else "") for k in found}
+        return sorted(shallow)
+
+    def remove(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+def open_store(config: StoreConfig, bucket: str) -> ObjectStore:
+    if config.kind == "dir":
+        assert config.directory is not None
+        return DirStore(config.directory, bucket)
+    return S3Store(config, bucket)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """'s3://bucket/some/prefix' -> ('bucket', 'some/prefix'); errors name what is wrong."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} is not an s3:// URI")
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} has no bucket name (expected s3://bucket/prefix)")
+    return bucket, key.strip("/")
