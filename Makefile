@@ -51,7 +51,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
-	$(VENV)/bin/mypy tsr components pipelines serving
+	$(VENV)/bin/mypy tsr components pipelines serving benchmarks
 
 compile: venv
 	$(PY) -m pipelines.compile --image $(COMPONENT_IMAGE)

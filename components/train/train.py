@@ -38,10 +38,10 @@ class TrainConfig:
     threads: int = 0  # 0 = every core torch sees
     contrast: str = "equalize"
     augment: bool = True
-    rotate_deg: float = 12.0
-    scale: float = 0.12
-    translate: float = 0.1
-    erase: float = 0.0  # probability of blanking a random square (cutout) in each image
+    rotate_deg: float = 15.0
+    scale: float = 0.15
+    translate: float = 0.12
+    erase: float = 0.5  # probability of blanking a random square (cutout) in each image
     export_program: bool = True
 
     def __post_init__(self) -> None:

@@ -1,0 +1,48 @@
+"""The whole pipeline through kfp.local.SubprocessRunner on a small track-split subset, real MinIO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.local_run import run_local
+from tsr.config import StoreConfig
+from tsr.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+
+def test_pipeline_registers_on_pass_and_not_on_fail(gtsrb_small: Path, minio: StoreConfig, tmp_path: Path) -> None:
+    base = {
+        "data_source": str(gtsrb_small),
+        "max_groups_per_class": 3,
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.1,
+        "model_name": "pipe-test",
+        "deploy_mode": "manifest",
+        "test_data": str(gtsrb_small),
+    }
+    passed = run_local({**base, "min_accuracy": 0.0}, minio, tmp_path / "root")
+    assert passed.outputs["gate"] == "pass"
+    registry = Registry.from_config(minio)
+    versions = registry.versions("pipe-test")
+    assert len(versions) == 1
+    champion = registry.get_alias("pipe-test")
+    card = registry.read_card("pipe-test", champion or "")
+    assert card["run_id"] == passed.run_id
+    assert card["metrics"]["validation"]["accuracy"] == pytest.approx(passed.outputs["accuracy"])
+    assert card["metrics"]["test"]["n"] > 0
+    assert card["data"]["fingerprint"]["algorithm"] == "sha256"
+    assert card["gate"]["result"] == "pass"
+    # Artifacts a dashboard shows: the HTML report and the generated InferenceService manifest.
+    reports = list((tmp_path / "root").rglob("report"))
+    assert reports and "gate: pass" in reports[0].read_text()
+    manifests = list((tmp_path / "root").rglob("manifest"))
+    assert manifests and f"s3://models/pipe-test/{champion}" in manifests[0].read_text()
+
+    failed = run_local({**base, "min_accuracy": 1.01}, minio, tmp_path / "root2")
+    assert failed.outputs["gate"] == "fail"
+    assert registry.versions("pipe-test") == versions, "a failed gate must not register anything"
+    assert registry.get_alias("pipe-test") == champion
