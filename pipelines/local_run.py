@@ -7,6 +7,7 @@ the Kubernetes Secret hands it over in a cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -28,7 +29,12 @@ class LocalRunResult:
     run_id: str
     pipeline_root: Path
     seconds: float
-    outputs: dict[str, Any] = field(default_factory=dict)
+    gate: str = ""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.evaluation["validation"]["accuracy"])
 
 
 @contextmanager
@@ -63,5 +69,5 @@ def run_local(
         # The component image's name need not contain "python"; kfp.local warns about that.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         task = pipeline(**{**params, "run_id": run_id})
-    outputs = dict(getattr(task, "outputs", {}) or {})
-    return LocalRunResult(run_id, pipeline_root, time.perf_counter() - start, outputs)
+    evaluation = json.loads(Path(task.outputs["evaluation"].path).read_text())
+    return LocalRunResult(run_id, pipeline_root, time.perf_counter() - start, str(task.outputs["gate"]), evaluation)

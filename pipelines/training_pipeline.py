@@ -4,12 +4,11 @@ One definition for both modes: the KFP backend runs its compiled IR (pipelines/c
 `pipelines.local_run` runs the very same function with kfp.local.SubprocessRunner.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 from components.deploy.component import deploy_component
 from kfp import dsl, kubernetes
+from kfp.dsl import Artifact
 
 from components.evaluate.component import evaluate_component
 from components.factory import DEFAULT_COMPONENT_IMAGE, containerized
@@ -29,10 +28,10 @@ S3_SECRET_ENV = {
 
 
 class PipelineOutputs(NamedTuple):
-    """What a run reports back: the gate decision and the validation accuracy behind it."""
+    """What a run reports back: the gate decision and the evaluation (metrics, champion, reason)."""
 
     gate: str
-    accuracy: float
+    evaluation: Artifact
 
 
 def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = True) -> Any:
@@ -104,7 +103,7 @@ def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = 
                 test_data=test_data,
             )
         ).set_display_name("evaluate & gate")
-        with dsl.If(evaluate.outputs["gate"] == "pass", name="gate-passed"):
+        with dsl.If(evaluate.outputs["Output"] == "pass", name="gate-passed"):
             register = with_store(
                 register_op(
                     model=train.outputs["model"],
@@ -125,6 +124,6 @@ def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = 
                 )
             ).set_display_name("deploy")
             deploy.set_caching_options(False)
-        return PipelineOutputs(gate=evaluate.outputs["gate"], accuracy=evaluate.outputs["accuracy"])
+        return PipelineOutputs(gate=evaluate.outputs["Output"], evaluation=evaluate.outputs["evaluation"])
 
     return training_pipeline

@@ -124,8 +124,7 @@ def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
             "download": download,
         }
         result = run_local(params, store, state / "kfp-local")
-        gate = str(result.outputs.get("gate", "unknown"))
-        accuracy = float(result.outputs.get("accuracy", float("nan")))
+        gate, accuracy = result.gate, result.accuracy
         summary: dict[str, Any] = {
             "validation_accuracy": round(accuracy, 5),
             "gate": gate,

@@ -1,7 +1,5 @@
 """KFP wrapper for ingest: typed artifacts in, plain `components.ingest.ingest` logic inside."""
 
-from __future__ import annotations
-
 from kfp.dsl import Dataset, Metrics, Output
 
 

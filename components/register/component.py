@@ -1,7 +1,5 @@
 """KFP wrapper for registration: publish the gated model to MinIO and move `champion`."""
 
-from __future__ import annotations
-
 from kfp.dsl import Artifact, Dataset, Input, Model
 
 

@@ -1,7 +1,5 @@
 """KFP wrapper for training: Dataset in, Model and per-epoch Metrics out."""
 
-from __future__ import annotations
-
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 

@@ -29,7 +29,7 @@ def test_compiled_pipeline_structure(tmp_path: Path) -> None:
     tasks = spec["root"]["dag"]["tasks"]
     assert {"ingest-component", "train-component", "evaluate-component", "condition-1"} <= set(tasks)
     condition = tasks["condition-1"]["triggerPolicy"]["condition"]
-    assert "gate" in condition and "pass" in condition
+    assert "evaluate-component-Output" in condition and "pass" in condition
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert {"register-component", "deploy-component"} <= set(inner)
     # MinIO credentials reach steps only as Secret-backed env vars, never as parameters.

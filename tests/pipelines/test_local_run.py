@@ -25,14 +25,14 @@ def test_pipeline_registers_on_pass_and_not_on_fail(gtsrb_small: Path, minio: St
         "test_data": str(gtsrb_small),
     }
     passed = run_local({**base, "min_accuracy": 0.0}, minio, tmp_path / "root")
-    assert passed.outputs["gate"] == "pass"
+    assert passed.gate == "pass"
     registry = Registry.from_config(minio)
     versions = registry.versions("pipe-test")
     assert len(versions) == 1
     champion = registry.get_alias("pipe-test")
     card = registry.read_card("pipe-test", champion or "")
     assert card["run_id"] == passed.run_id
-    assert card["metrics"]["validation"]["accuracy"] == pytest.approx(passed.outputs["accuracy"])
+    assert card["metrics"]["validation"]["accuracy"] == pytest.approx(passed.accuracy)
     assert card["metrics"]["test"]["n"] > 0
     assert card["data"]["fingerprint"]["algorithm"] == "sha256"
     assert card["gate"]["result"] == "pass"
@@ -43,6 +43,6 @@ def test_pipeline_registers_on_pass_and_not_on_fail(gtsrb_small: Path, minio: St
     assert manifests and f"s3://models/pipe-test/{champion}" in manifests[0].read_text()
 
     failed = run_local({**base, "min_accuracy": 1.01}, minio, tmp_path / "root2")
-    assert failed.outputs["gate"] == "fail"
+    assert failed.gate == "fail" and "min_accuracy" in failed.evaluation["gate"]["reason"]
     assert registry.versions("pipe-test") == versions, "a failed gate must not register anything"
     assert registry.get_alias("pipe-test") == champion

@@ -1,0 +1,835 @@
+"""Deploy: an InferenceService for a cluster (typed kserve SDK objects), or a local predictor process.
+
+Cluster objects are built only from the `kserve` and `kubernetes` SDK models, so what we render
+is what the API server's schema expects. No credential ever appears in them: KServe's
+storage-initializer finds the S3 Secret through the predictor's ServiceAccount and downloads
+the version to /mnt/models before the predictor starts.
+
+Modes of `deploy()`: `none` (nothing), `manifest` (render the YAML), `cluster` (render, then
+create or replace the InferenceService and wait for it to be Ready), `local` (start
+`python -m serving` as a detached process and wait until the model reports ready).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kserve.models
+import yaml
+from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec
+from kserve.constants.constants import (
+    KSERVE_GROUP,
+    KSERVE_KIND_INFERENCESERVICE,
+    KSERVE_PLURAL_INFERENCESERVICE,
+    KSERVE_V1BETA1,
+    KSERVE_V1BETA1_VERSION,
+)
+from kubernetes import client as k8s
+
+from tsr.config import ENV_STATE_DIR, REPO_ROOT, StoreConfig
+from tsr.local_minio import free_port
+from tsr.registry import CHAMPION, DEFAULT_MODEL_NAME, check_name
+from tsr.store import split_s3_uri
+
+DEFAULT_NAMESPACE = "tsr"
+DEFAULT_PREDICTOR_IMAGE = "ghcr.io/tsr-platform/tsr-predictor:0.1.0"
+DEFAULT_SERVICE_ACCOUNT = "tsr-predictor"
+# KServe's layout (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY + s3-* annotations), which differs from
+# the pipeline steps' `tsr-s3-credentials` Secret (endpoint / accesskey / secretkey / secure keys).
+DEFAULT_S3_SECRET = "tsr-predictor-s3"
+DEFAULT_HTTP_PORT = 8080
+PLACEHOLDER_VERSION = "REPLACE_WITH_VERSION"
+
+MODES = ("none", "manifest", "cluster", "local")
+# KServe >= 0.15 names its modes Standard (Deployment + Service + HPA) and Knative (serverless,
+# revisions, canaries); the controller still accepts the old names and maps them. The Python SDK
+# (0.21) carries no constants for these: the values are the controller's (pkg/constants/constants.go:
+# Standard, Knative, LegacyRawDeployment="RawDeployment", LegacyServerless="Serverless").
+DEPLOYMENT_MODES = ("Standard", "Knative")
+LEGACY_DEPLOYMENT_MODES = {"RawDeployment": "Standard", "Serverless": "Knative"}
+
+ANNOTATION_DEPLOYMENT_MODE = f"{KSERVE_GROUP}/deploymentMode"
+ANNOTATION_PROMETHEUS = f"{KSERVE_GROUP}/enable-prometheus-scraping"
+ANNOTATION_S3_ENDPOINT = f"{KSERVE_GROUP}/s3-endpoint"
+ANNOTATION_S3_USEHTTPS = f"{KSERVE_GROUP}/s3-usehttps"
+ANNOTATION_S3_REGION = f"{KSERVE_GROUP}/s3-region"
+ANNOTATION_S3_VERIFYSSL = f"{KSERVE_GROUP}/s3-verifyssl"
+S3_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+S3_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+
+KSERVE_CONTAINER = "kserve-container"  # the name KServe looks for in a custom predictor
+MODEL_MOUNT_PATH = "/mnt/models"  # where the storage-initializer puts STORAGE_URI's files
+STORAGE_URI_ENV = "STORAGE_URI"
+PROMETHEUS_PORT_ENV = "KSERVE_CONTAINER_PROMETHEUS_METRICS_PORT"
+RUN_AS_USER = 1000
+
+LOCAL_STATE_FILE = "predictor.json"
+LOCAL_LOG_FILE = "predictor.log"
+
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_PART_OF = {"app.kubernetes.io/part-of": "tsr-platform"}
+
+
+class DeployError(RuntimeError):
+    """A deployment could not be carried out; the message says what to fix."""
+
+
+def _check_storage_uri(uri: str) -> str:
+    """KServe needs a concrete version prefix: an alias (`champion`) is a JSON file, not a model."""
+    bucket, key = split_s3_uri(uri)
+    parts = key.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"storage_uri {uri!r} must look like s3://<bucket>/<model name>/<version>")
+    check_name(bucket, "bucket")
+    check_name(parts[0])
+    if parts[1] in {CHAMPION, "latest"} or not _VERSION.match(parts[1]):
+        raise ValueError(
+            f"storage_uri {uri!r} must name a concrete version, not {parts[1]!r}: "
+            "resolve the alias first (Registry.resolve)"
+        )
+    return uri
+
+
+def _cpu_threads(cpu_limit: str) -> int:
+    """Torch threads that fit the CPU limit, so a 2-CPU pod does not start one thread per node core."""
+    millis = float(cpu_limit[:-1]) if cpu_limit.endswith("m") else float(cpu_limit) * 1000
+    return max(1, int(millis // 1000))
+
+
+@dataclass
+class InferenceServiceSpec:
+    """Everything that varies between InferenceServices of this platform; validated on creation."""
+
+    name: str
+    namespace: str
+    storage_uri: str  # s3://models/<name>/<version>
+    image: str = DEFAULT_PREDICTOR_IMAGE
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
+    model_name: str = DEFAULT_MODEL_NAME
+    min_replicas: int = 1
+    max_replicas: int = 3
+    cpu_request: str = "500m"
+    cpu_limit: str = "2"
+    memory_request: str = "1Gi"
+    memory_limit: str = "2Gi"
+    deployment_mode: str = "Standard"  # "Standard" | "Knative" (legacy RawDeployment / Serverless accepted)
+    canary_traffic_percent: int | None = None  # Knative only: share of traffic for the new revision
+    node_selector: dict[str, str] = field(default_factory=lambda: {"kubernetes.io/os": "linux"})
+    enable_prometheus_scraping: bool = True
+    http_port: int = DEFAULT_HTTP_PORT
+    torch_threads: int | None = None  # None: derived from cpu_limit
+    tmp_size_limit: str = "512Mi"  # the writable /tmp under a read-only root filesystem
+
+    def __post_init__(self) -> None:
+        self.deployment_mode = LEGACY_DEPLOYMENT_MODES.get(self.deployment_mode, self.deployment_mode)
+        if self.deployment_mode not in DEPLOYMENT_MODES:
+            raise ValueError(f"deployment_mode must be one of {DEPLOYMENT_MODES}, got {self.deployment_mode!r}")
+        if len(self.name) > 63 or not _DNS1035.match(self.name):
+            raise ValueError(f"name {self.name!r} must be a DNS-1035 label (a-z, 0-9, '-', starting with a letter)")
+        for what, value in (("namespace", self.namespace), ("service_account", self.service_account)):
+            if len(value) > 63 or not _DNS1123.match(value):
+                raise ValueError(f"{what} {value!r} must be a DNS-1123 label")
+        _check_storage_uri(self.storage_uri)
+        check_name(self.model_name)
+        if not self.image or any(c.isspace() for c in self.image):
+            raise ValueError(f"image {self.image!r} is not an image reference")
+        if self.canary_traffic_percent is not None:
+            if not 0 <= self.canary_traffic_percent <= 100:
+                raise ValueError("canary_traffic_percent must be within 0..100")
+            if self.deployment_mode != "Knative":
+                raise ValueError(
+                    "canary_traffic_percent needs deployment_mode 'Knative' (KServe canaries are revisions)"
+                )
+        lowest = 0 if self.deployment_mode == "Knative" else 1  # only Knative scales to zero
+        if not (lowest <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1):
+            raise ValueError(f"need {lowest} <= min_replicas <= max_replicas and max_replicas >= 1")
+        for what, value in (
+            ("cpu_request", self.cpu_request),
+            ("cpu_limit", self.cpu_limit),
+            ("memory_request", self.memory_request),
+            ("memory_limit", self.memory_limit),
+            ("tmp_size_limit", self.tmp_size_limit),
+        ):
+            if not _QUANTITY.match(value):
+                raise ValueError(f"{what} {value!r} is not a Kubernetes quantity")
+        if not 1 <= self.http_port <= 65535:
+            raise ValueError(f"http_port {self.http_port} out of range")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError("torch_threads must be >= 1")
+
+    @property
+    def threads(self) -> int:
+        return self.torch_threads or _cpu_threads(self.cpu_limit)
+
+
+def isvc_name(model_name: str) -> str:
+    """A registry model name as an InferenceService name: a DNS-1035 label short enough (<= 47) to
+    leave room for the suffixes KServe and Knative append (`-predictor-00001`)."""
+    name = re.sub(r"[^a-z0-9-]", "-", model_name.lower())
+    if not name[:1].isalpha():
+        name = "m-" + name
+    return name[:47].rstrip("-")
+
+
+def _labels(spec: InferenceServiceSpec) -> dict[str, str]:
+    return {
+        **_PART_OF,
+        "app.kubernetes.io/name": "tsr-predictor",
+        "app.kubernetes.io/component": "predictor",
+        "app.kubernetes.io/instance": spec.name,
+    }
+
+
+def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceService:
+    """The InferenceService for one registered version, from typed SDK models only.
+
+    The custom container carries STORAGE_URI, which makes KServe inject its storage-initializer
+    (credentials from the ServiceAccount's Secret) and mount the files at /mnt/models; the
+    predictor then loads that directory and never needs the store itself.
+    """
+    annotations = {ANNOTATION_DEPLOYMENT_MODE: spec.deployment_mode}
+    env = [
+        k8s.V1EnvVar(name=STORAGE_URI_ENV, value=spec.storage_uri),
+        # Everything the process writes goes to the /tmp emptyDir; the root filesystem is read-only.
+        k8s.V1EnvVar(name="HOME", value="/tmp"),
+        k8s.V1EnvVar(name=ENV_STATE_DIR, value="/tmp/tsr"),
+    ]
+    if spec.enable_prometheus_scraping:
+        annotations[ANNOTATION_PROMETHEUS] = "true"
+        # KServe reads the scrape port from this variable; /metrics is served on the HTTP port.
+        env.append(k8s.V1EnvVar(name=PROMETHEUS_PORT_ENV, value=str(spec.http_port)))
+    container = k8s.V1Container(
+        name=KSERVE_CONTAINER,
+        image=spec.image,
+        image_pull_policy="IfNotPresent",
+        args=[
+            "--model",
+            MODEL_MOUNT_PATH,
+            "--model-name",
+            spec.model_name,
+            "--http-port",
+            str(spec.http_port),
+            "--threads",
+            str(spec.threads),
+        ],
+        env=env,
+        ports=[k8s.V1ContainerPort(container_port=spec.http_port, name="http1", protocol="TCP")],
+        resources=k8s.V1ResourceRequirements(
+            requests={"cpu": spec.cpu_request, "memory": spec.memory_request},
+            limits={"cpu": spec.cpu_limit, "memory": spec.memory_limit},
+        ),
+        readiness_probe=k8s.V1Probe(
+            http_get=k8s.V1HTTPGetAction(path=f"/v2/models/{spec.model_name}/ready", port=spec.http_port),
+            period_seconds=5,
+            failure_threshold=3,
+        ),
+        liveness_probe=k8s.V1Probe(
+            http_get=k8s.V1HTTPGetAction(path="/v2/health/live", port=spec.http_port),
+            initial_delay_seconds=30,
+            period_seconds=15,
+            failure_threshold=4,
+        ),
+        security_context=k8s.V1SecurityContext(
+            run_as_non_root=True,
+            run_as_user=RUN_AS_USER,
+            run_as_group=RUN_AS_USER,
+            read_only_root_filesystem=True,
+            allow_privilege_escalation=False,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+    )
+    predictor = V1beta1PredictorSpec(
+        containers=[container],
+        service_account_name=spec.service_account,
+        automount_service_account_token=False,  # the predictor never calls the Kubernetes API
+        min_replicas=spec.min_replicas,
+        max_replicas=spec.max_replicas,
+        canary_traffic_percent=spec.canary_traffic_percent,
+        node_selector=dict(spec.node_selector) or None,
+        security_context=k8s.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=RUN_AS_USER,
+            run_as_group=RUN_AS_USER,
+            fs_group=RUN_AS_USER,  # /mnt/models, written by the storage-initializer, stays readable
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=spec.tmp_size_limit))],
+    )
+    return V1beta1InferenceService(
+        api_version=KSERVE_V1BETA1,
+        kind=KSERVE_KIND_INFERENCESERVICE,
+        metadata=k8s.V1ObjectMeta(
+            name=spec.name, namespace=spec.namespace, labels=_labels(spec), annotations=annotations
+        ),
+        spec=V1beta1InferenceServiceSpec(predictor=predictor),
+    )
+
+
+def build_service_account(
+    namespace: str, name: str = DEFAULT_SERVICE_ACCOUNT, secret_name: str = DEFAULT_S3_SECRET
+) -> k8s.V1ServiceAccount:
+    """The predictor's identity; KServe's storage-initializer reads the S3 credentials of its Secret."""
+    return k8s.V1ServiceAccount(
+        api_version="v1",
+        kind="ServiceAccount",
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels=dict(_PART_OF)),
+        secrets=[k8s.V1ObjectReference(name=secret_name)],
+        automount_service_account_token=False,
+    )
+
+
+def build_s3_secret(
+    namespace: str,
+    secret_name: str,
+    endpoint: str,
+    use_https: bool,
+    access_key: str,
+    secret_key: str,
+    region: str | None = None,
+    verify_ssl: bool | None = None,
+) -> k8s.V1Secret:
+    """The S3 Secret in KServe's layout (AWS_* keys + s3-* annotations) for the storage-initializer.
+
+    Credentials come only from the arguments (no defaults) and the result is meant for the API
+    server, never for a file in the repository. `endpoint` is host:port; a scheme, if given,
+    must agree with `use_https`.
+    """
+    if not access_key or not secret_key:
+        raise ValueError("access_key and secret_key are required")
+    for scheme, secure in (("https://", True), ("http://", False)):
+        if endpoint.startswith(scheme):
+            if secure != use_https:
+                raise ValueError(f"endpoint {endpoint!r} contradicts use_https={use_https}")
+            endpoint = endpoint[len(scheme) :]
+    endpoint = endpoint.rstrip("/")
+    if not endpoint or "/" in endpoint:
+        raise ValueError(f"endpoint {endpoint!r} must be host[:port]")
+    annotations = {ANNOTATION_S3_ENDPOINT: endpoint, ANNOTATION_S3_USEHTTPS: "1" if use_https else "0"}
+    if region:
+        annotations[ANNOTATION_S3_REGION] = region
+    if verify_ssl is not None:
+        annotations[ANNOTATION_S3_VERIFYSSL] = "1" if verify_ssl else "0"
+    return k8s.V1Secret(
+        api_version="v1",
+        kind="Secret",
+        type="Opaque",
+        metadata=k8s.V1ObjectMeta(
+            name=secret_name, namespace=namespace, labels=dict(_PART_OF), annotations=annotations
+        ),
+        string_data={S3_ACCESS_KEY_ID: access_key, S3_SECRET_ACCESS_KEY: secret_key},
+    )
+
+
+def build_s3_secret_and_service_account(
+    namespace: str,
+    *,
+    endpoint: str,
+    use_https: bool,
+    access_key: str,
+    secret_key: str,
+    region: str | None = None,
+    verify_ssl: bool | None = None,
+    secret_name: str = DEFAULT_S3_SECRET,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
+) -> tuple[k8s.V1Secret, k8s.V1ServiceAccount]:
+    """The Secret plus the ServiceAccount that lends it to the storage-initializer, names matching."""
+    secret = build_s3_secret(namespace, secret_name, endpoint, use_https, access_key, secret_key, region, verify_ssl)
+    return secret, build_service_account(namespace, service_account, secret_name)
+
+
+# ---- serialization -------------------------------------------------------------------------------
+def to_manifest_dict(obj: Any) -> dict[str, Any]:
+    """The API-server JSON form (camelCase keys, None fields dropped) of an SDK object."""
+    data: dict[str, Any] = k8s.ApiClient().sanitize_for_serialization(obj)
+    return data
+
+
+def _model_class(name: str) -> type:
+    """kserve's own models first, then the kubernetes client's (V1Container & co live there)."""
+    found = getattr(kserve.models, name, None) or getattr(k8s, name, None)
+    if found is None:
+        raise TypeError(f"unknown SDK model {name!r}")
+    return found  # type: ignore[no-any-return]
+
+
+def _from_json(data: Any, type_name: str) -> Any:
+    if data is None:
+        return None
+    if type_name.startswith("list["):
+        return [_from_json(item, type_name[5:-1]) for item in data]
+    if type_name.startswith("dict("):
+        value_type = type_name[5:-1].split(", ", 1)[1]
+        return {k: _from_json(v, value_type) for k, v in data.items()}
+    if type_name in {"str", "int", "float", "bool", "object", "ResourceQuantity", "datetime", "date"}:
+        return data
+    cls = _model_class(type_name)
+    kwargs = {
+        attr: _from_json(data[json_key], cls.openapi_types[attr])  # type: ignore[attr-defined]
+        for attr, json_key in cls.attribute_map.items()  # type: ignore[attr-defined]
+        if json_key in data
+    }
+    return cls(**kwargs)
+
+
+def from_manifest_dict(data: Mapping[str, Any], type_name: str = "V1beta1InferenceService") -> Any:
+    """The inverse of to_manifest_dict for kserve + kubernetes models (kserve's ApiClient cannot
+    deserialize the kubernetes types that its models embed)."""
+    return _from_json(dict(data), type_name)
+
+
+def render_yaml(objs: Sequence[Any], header: str = "") -> str:
+    """Multi-document YAML, byte-identical for identical objects (sorted keys, fixed layout)."""
+    comment = "".join(f"# {line}\n".replace("# \n", "#\n") for line in header.splitlines())
+    docs = [
+        "---\n" + yaml.safe_dump(to_manifest_dict(o), sort_keys=True, default_flow_style=False, width=1000)
+        for o in objs
+    ]
+    return comment + "".join(docs)
+
+
+# ---- cluster -------------------------------------------------------------------------------------
+def kube_api_client(kube_config: str | None = None) -> k8s.ApiClient:
+    """An API client from `kube_config`, else the in-cluster service account, else ~/.kube/config."""
+    from kubernetes import config as k8s_config
+
+    if kube_config is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+            return k8s.ApiClient(configuration)
+        except k8s_config.ConfigException:
+            pass  # a half-mounted service account: try a kubeconfig instead
+    try:
+        return k8s_config.new_client_from_config(config_file=kube_config)
+    except (k8s_config.ConfigException, OSError, TypeError, ValueError) as exc:
+        where = kube_config or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise DeployError(
+            f"no Kubernetes cluster configured: not running in a pod and no usable kubeconfig at {where} ({exc})"
+        ) from exc
+
+
+def _isvc_args(namespace: str) -> tuple[str, str, str, str]:
+    return (KSERVE_GROUP, KSERVE_V1BETA1_VERSION, namespace, KSERVE_PLURAL_INFERENCESERVICE)
+
+
+def apply_inference_service(
+    isvc: V1beta1InferenceService,
+    namespace: str | None = None,
+    *,
+    kube_config: str | None = None,
+    api: Any = None,
+    request_timeout_s: float = 30.0,
+) -> str:
+    """Create the InferenceService, or replace it (PUT with the current resourceVersion) if it exists.
+
+    Replace rather than merge-patch so that fields dropped from the spec (a finished canary's
+    canaryTrafficPercent) are dropped in the cluster too. `api` is a CustomObjectsApi; without
+    one, it is built from `kube_config` / in-cluster config. No cluster exists on the development
+    machines, so the real API path is only exercised against a cluster; tests use a fake `api`.
+    `namespace`, when given, overrides the object's own. Returns "created <ns>/<name>" or
+    "replaced <ns>/<name>"; a missing or unreachable cluster raises DeployError.
+    """
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if api is None:
+        api = k8s.CustomObjectsApi(kube_api_client(kube_config))
+    body = to_manifest_dict(isvc)
+    if namespace:
+        body["metadata"]["namespace"] = namespace
+    namespace, name = body["metadata"].get("namespace"), body["metadata"]["name"]
+    if not namespace:
+        raise ValueError(f"InferenceService {name} has no namespace")
+    args = _isvc_args(namespace)
+    try:
+        for _attempt in range(3):
+            try:
+                current = api.get_namespaced_custom_object(*args, name, _request_timeout=request_timeout_s)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                api.create_namespaced_custom_object(*args, body, _request_timeout=request_timeout_s)
+                return f"created {namespace}/{name}"
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            try:
+                api.replace_namespaced_custom_object(*args, name, body, _request_timeout=request_timeout_s)
+            except ApiException as exc:
+                if exc.status == 409:  # changed between our read and write: read again
+                    continue
+                raise
+            return f"replaced {namespace}/{name}"
+    except ApiException as exc:
+        raise DeployError(
+            f"Kubernetes API refused InferenceService {namespace}/{name}: {exc.status} {exc.reason}: {exc.body}"
+        ) from exc
+    except (HTTPError, OSError) as exc:
+        raise DeployError(f"Kubernetes API unreachable while applying {namespace}/{name}: {exc}") from exc
+    raise DeployError(f"InferenceService {namespace}/{name} kept changing under us (409 three times)")
+
+
+def wait_for_inference_service(
+    name: str,
+    namespace: str,
+    api: Any,
+    timeout_s: float = 600.0,
+    poll_s: float = 5.0,
+) -> str:
+    """Poll until the controller reports Ready for the current generation; return status.url.
+
+    Raises DeployError on timeout with the last conditions, which is where KServe says why
+    (image pull, storage-initializer, failing readiness probe).
+    """
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
+
+    deadline = time.monotonic() + timeout_s
+    conditions: list[dict[str, Any]] = []
+    while True:
+        try:
+            obj = api.get_namespaced_custom_object(*_isvc_args(namespace), name, _request_timeout=30)
+        except (ApiException, HTTPError, OSError) as exc:
+            raise DeployError(f"reading InferenceService {namespace}/{name} failed: {exc}") from exc
+        status = obj.get("status") or {}
+        conditions = status.get("conditions") or []
+        current = status.get("observedGeneration", 0) >= obj.get("metadata", {}).get("generation", 0)
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        if current and ready:
+            return str(status.get("url") or "")
+        if time.monotonic() >= deadline:
+            summary = "; ".join(
+                f"{c.get('type')}={c.get('status')} {c.get('reason') or ''} {c.get('message') or ''}".strip()
+                for c in conditions
+            )
+            raise DeployError(
+                f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s: {summary or 'no conditions yet'}"
+            )
+        time.sleep(poll_s)
+
+
+def cluster_endpoint(name: str, namespace: str) -> str:
+    """The predictor's in-cluster base URL; the `<isvc>-predictor` Service exists in both modes."""
+    return f"http://{name}-predictor.{namespace}.svc.cluster.local"
+
+
+# ---- local mode ----------------------------------------------------------------------------------
+def _proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), so a recycled pid is never mistaken for ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start_time: str | None) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that has exited: reap it
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process now holds this pid
+    if start_time is not None:
+        now = _proc_start_time(pid)
+        if now != start_time:
+            return False
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    return True
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _log_tail(path: Path, max_chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-max_chars:]
+    except OSError:
+        return "(no log)"
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def start_local_predictor(
+    model_uri: str,
+    model_name: str,
+    state_dir: Path,
+    store: StoreConfig | None = None,
+    port: int | None = None,
+    timeout_s: float = 180.0,
+    threads: int | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Start `python -m serving` detached and wait for /v2/models/<name>/ready; return the record.
+
+    Detached (its own session) so that it outlives the pipeline step that started it; pid, port,
+    URL and log path go to `<state_dir>/predictor.json` for whoever talks to it or stops it.
+    A predictor already recorded there is stopped first: one local endpoint, the newest model.
+    The store reaches the child through the environment (StoreConfig.env()), never argv.
+    `command` replaces `python -m serving` (the flags are appended); tests pass a fake server.
+    """
+    stop_local_predictor(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log_path = state_dir / LOCAL_LOG_FILE
+    prefix = list(command) if command is not None else [sys.executable, "-m", "serving"]
+    argv = [*prefix, "--model", model_uri, "--model-name", model_name]
+    argv += ["--http-port", str(port)]
+    if threads:
+        argv += ["--threads", str(threads)]
+    env = {**os.environ, **(store.env() if store is not None else {})}
+    env.setdefault(ENV_STATE_DIR, str(state_dir))
+    with log_path.open("wb") as log_fh:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    info: dict[str, Any] = {
+        "pid": proc.pid,
+        "start_time": _proc_start_time(proc.pid),
+        "port": port,
+        "url": url,
+        "model_uri": model_uri,
+        "model_name": model_name,
+        "log": str(log_path),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    record = state_dir / LOCAL_STATE_FILE
+    _write_json(record, info)
+    ready_url = f"{url}/v2/models/{model_name}/ready"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = proc.poll()
+        if code is not None:
+            record.unlink(missing_ok=True)
+            raise DeployError(
+                f"local predictor exited with code {code} before it was ready; {log_path}:\n{_log_tail(log_path)}"
+            )
+        if _ready(ready_url):
+            return info
+        if time.monotonic() >= deadline:
+            stop_local_predictor(state_dir)
+            raise DeployError(
+                f"local predictor not ready within {timeout_s:.0f}s at {ready_url}; {log_path}:\n{_log_tail(log_path)}"
+            )
+        time.sleep(0.5)
+
+
+def read_local_predictor(state_dir: Path) -> dict[str, Any]:
+    """The record written by start_local_predictor ({pid, port, url, model_uri, model_name, log, ...})."""
+    path = state_dir / LOCAL_STATE_FILE
+    if not path.is_file():
+        raise DeployError(f"no local predictor recorded in {path}")
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
+
+
+def stop_local_predictor(state_dir: Path, timeout_s: float = 30.0) -> bool:
+    """SIGTERM the predictor's process group (KServe drains in-flight requests), SIGKILL if it
+    lingers, then remove the record. Returns whether a running predictor was stopped."""
+    path = state_dir / LOCAL_STATE_FILE
+    if not path.is_file():
+        return False
+    try:
+        info = json.loads(path.read_text())
+        pid, start_time = int(info["pid"]), info.get("start_time")
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        path.unlink(missing_ok=True)
+        return False
+    stopped = False
+    if _alive(pid, start_time):
+        stopped = True
+        _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid, start_time) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid, start_time):
+            _signal(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _alive(pid, start_time) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """The whole group when the predictor leads one (start_new_session), else just the process."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+# ---- the step ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeployResult:
+    """What a deploy did: `endpoint` is a base URL ("" when nothing serves yet)."""
+
+    mode: str
+    endpoint: str = ""
+    manifest: str = ""  # the rendered YAML ("" when the model URI is not a registry version)
+    manifest_path: Path | None = None
+    name: str = ""  # the InferenceService name
+    action: str = ""  # "created <ns>/<name>", "replaced <ns>/<name>", "started pid <n>", ...
+
+
+def deploy(
+    mode: str,
+    model_uri: str,
+    model_name: str = DEFAULT_MODEL_NAME,
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    predictor_image: str = DEFAULT_PREDICTOR_IMAGE,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
+    deployment_mode: str = "Standard",
+    canary_traffic_percent: int | None = None,
+    manifest_path: Path | None = None,
+    kube_config: str | None = None,
+    cluster_ready_timeout_s: float = 600.0,
+    state_dir: Path | None = None,
+    store: StoreConfig | None = None,
+    port: int | None = None,
+    ready_timeout_s: float = 180.0,
+    threads: int | None = None,
+    command: Sequence[str] | None = None,
+) -> DeployResult:
+    """Dispatch on `mode`: none | manifest | cluster | local (see the module docstring).
+
+    The InferenceService YAML is rendered whenever `model_uri` is a registry version
+    (s3://<bucket>/<name>/<version>) and written to `manifest_path` when one is given (a
+    comment line stands in for it otherwise, so a KFP output artifact always exists).
+    `cluster` needs such a URI; `local` takes anything `python -m serving --model` does.
+    """
+    if mode not in MODES:
+        raise ValueError(f"deploy mode must be one of {MODES}, got {mode!r}")
+    name = isvc_name(model_name)
+    manifest = ""
+    isvc: V1beta1InferenceService | None = None
+    if mode != "none" and model_uri.startswith("s3://"):
+        spec = InferenceServiceSpec(
+            name=name,
+            namespace=namespace,
+            storage_uri=model_uri,
+            image=predictor_image,
+            service_account=service_account,
+            model_name=model_name,
+            deployment_mode=deployment_mode,
+            canary_traffic_percent=canary_traffic_percent,
+        )
+        isvc = build_inference_service(spec)
+        manifest = render_yaml([isvc], header=f"InferenceService for {model_uri}")
+    if manifest_path is not None:
+        manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        manifest_path.write_text(manifest or f"# deploy mode {mode}: no InferenceService for {model_uri}\n")
+    if mode == "none":
+        return DeployResult(mode, manifest_path=manifest_path, action="nothing deployed")
+    if mode == "manifest":
+        return DeployResult(mode, manifest=manifest, manifest_path=manifest_path, name=name, action="rendered")
+    if mode == "cluster":
+        if isvc is None:
+            raise DeployError(f"cluster deploys need a registry version URI (s3://...), got {model_uri!r}")
+        api = k8s.CustomObjectsApi(kube_api_client(kube_config))
+        action = apply_inference_service(isvc, namespace, api=api)
+        endpoint = cluster_endpoint(name, namespace)
+        if cluster_ready_timeout_s > 0:
+            endpoint = wait_for_inference_service(name, namespace, api, cluster_ready_timeout_s) or endpoint
+        return DeployResult(mode, endpoint, manifest, manifest_path, name, action)
+    if state_dir is None:
+        raise ValueError("local deploys need a state directory")
+    info = start_local_predictor(model_uri, model_name, state_dir, store, port, ready_timeout_s, threads, command)
+    return DeployResult(mode, str(info["url"]), manifest, manifest_path, name, f"started pid {info['pid']}")
+
+
+# ---- committed manifests -------------------------------------------------------------------------
+def example_model_uri(model_name: str = DEFAULT_MODEL_NAME, version: str = PLACEHOLDER_VERSION) -> str:
+    return f"s3://models/{model_name}/{version}"
+
+
+MANIFEST_FILE = "inferenceservice.yaml"
+MANIFESTS_DIR = REPO_ROOT / "manifests"
+
+
+def write_manifests(
+    out_dir: Path = MANIFESTS_DIR,
+    model_uri: str | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    image: str = DEFAULT_PREDICTOR_IMAGE,
+) -> Path:
+    """Write <out_dir>/inferenceservice.yaml: the predictor's ServiceAccount, then its InferenceService.
+
+    The committed copy uses PLACEHOLDER_VERSION: KServe needs a concrete version and the
+    repository cannot know one. The S3 Secret is deliberately not written (see manifests/README.md).
+    """
+    model_uri = model_uri or example_model_uri()
+    spec = InferenceServiceSpec(
+        name=isvc_name(DEFAULT_MODEL_NAME), namespace=namespace, storage_uri=model_uri, image=image
+    )
+    lines = [
+        "Generated by `python -m components.deploy.deploy` from typed kserve/kubernetes SDK objects; do not edit.",
+        f"STORAGE_URI: {model_uri}",
+        f"Needs the Secret {DEFAULT_S3_SECRET} in namespace {namespace} first (manifests/README.md shows how).",
+    ]
+    if PLACEHOLDER_VERSION in model_uri:
+        lines.append(
+            f"{PLACEHOLDER_VERSION} is a placeholder: regenerate with --model-uri s3://models/<name>/<version> "
+            "(a version from the registry) before applying."
+        )
+    text = render_yaml([build_service_account(namespace), build_inference_service(spec)], header="\n".join(lines))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / MANIFEST_FILE
+    path.write_text(text)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m components.deploy.deploy [--out DIR] [--model-uri URI]`: regenerate the manifests."""
+    parser = argparse.ArgumentParser(prog="python -m components.deploy.deploy", description=write_manifests.__doc__)
+    parser.add_argument("--out", "--write-manifests", dest="out", type=Path, default=MANIFESTS_DIR, metavar="DIR")
+    parser.add_argument("--model-uri", default=None, help=f"default {example_model_uri()}")
+    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
+    parser.add_argument("--image", default=DEFAULT_PREDICTOR_IMAGE)
+    args = parser.parse_args(argv)
+    print(write_manifests(args.out, args.model_uri, args.namespace, args.image))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

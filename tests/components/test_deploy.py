@@ -1,0 +1,435 @@
+"""Deploy: typed InferenceService objects, deterministic YAML, the committed manifests, local predictor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kserve import V1beta1InferenceService
+from kubernetes.client.rest import ApiException
+
+from components.deploy import deploy as d
+from tests.conftest import make_model_dir
+from tsr.config import REPO_ROOT, StoreConfig
+
+URI = "s3://models/gtsrb-classifier/20261123-140501-3fa2c1"
+
+
+def spec(**overrides: Any) -> d.InferenceServiceSpec:
+    values: dict[str, Any] = {"name": "gtsrb-classifier", "namespace": "tsr", "storage_uri": URI, **overrides}
+    return d.InferenceServiceSpec(**values)
+
+
+def manifest(**overrides: Any) -> dict[str, Any]:
+    return d.to_manifest_dict(d.build_inference_service(spec(**overrides)))
+
+
+# ---- the InferenceService --------------------------------------------------------------------------
+def test_round_trips_through_the_sdk_models() -> None:
+    isvc = d.build_inference_service(spec(canary_traffic_percent=10, deployment_mode="Knative"))
+    data = d.to_manifest_dict(isvc)
+    back = d.from_manifest_dict(data)
+    assert isinstance(back, V1beta1InferenceService)
+    assert back == isvc
+    assert d.to_manifest_dict(back) == data
+    # and through YAML text, as kubectl would read it
+    assert d.from_manifest_dict(yaml.safe_load(d.render_yaml([isvc]))) == isvc
+
+
+def test_required_fields_and_annotations() -> None:
+    m = manifest()
+    assert m["apiVersion"] == "serving.kserve.io/v1beta1" and m["kind"] == "InferenceService"
+    assert m["metadata"]["name"] == "gtsrb-classifier" and m["metadata"]["namespace"] == "tsr"
+    annotations = m["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "Standard"
+    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    predictor = m["spec"]["predictor"]
+    assert predictor["serviceAccountName"] == "tsr-predictor"
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 3)
+    assert "canaryTrafficPercent" not in predictor
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"] == d.DEFAULT_PREDICTOR_IMAGE
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["STORAGE_URI"] == URI
+    args = container["args"]
+    assert args[args.index("--model") + 1] == "/mnt/models"
+    assert args[args.index("--model-name") + 1] == "gtsrb-classifier"
+    assert args[args.index("--http-port") + 1] == "8080"
+    assert args[args.index("--threads") + 1] == "2"  # from the 2-CPU limit
+    assert container["ports"] == [{"containerPort": 8080, "name": "http1", "protocol": "TCP"}]
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "2", "memory": "2Gi"},
+    }
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/gtsrb-classifier/ready"
+
+
+def test_security_context_is_non_root_and_locked_down() -> None:
+    predictor = manifest()["spec"]["predictor"]
+    sc = predictor["containers"][0]["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    assert predictor["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert predictor["automountServiceAccountToken"] is False
+    # a read-only root still needs a writable /tmp
+    assert {"mountPath": "/tmp", "name": "tmp"} in predictor["containers"][0]["volumeMounts"]
+
+
+def test_canary_and_node_selector_rendered_when_set() -> None:
+    m = manifest(
+        deployment_mode="Knative",
+        canary_traffic_percent=20,
+        node_selector={"kubernetes.io/arch": "arm64"},
+        min_replicas=0,
+    )
+    assert m["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    assert m["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    assert m["spec"]["predictor"]["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+    assert m["spec"]["predictor"]["minReplicas"] == 0
+    plain = manifest(node_selector={}, enable_prometheus_scraping=False)
+    assert "nodeSelector" not in plain["spec"]["predictor"]
+    assert "serving.kserve.io/enable-prometheus-scraping" not in plain["metadata"]["annotations"]
+
+
+def test_legacy_mode_names_are_mapped() -> None:
+    assert spec(deployment_mode="RawDeployment").deployment_mode == "Standard"
+    assert spec(deployment_mode="Serverless").deployment_mode == "Knative"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"storage_uri": "s3://models/gtsrb-classifier/champion"}, "concrete version"),
+        ({"storage_uri": "s3://models/gtsrb-classifier"}, "must look like"),
+        ({"storage_uri": "/tmp/model"}, "not an s3:// URI"),
+        ({"canary_traffic_percent": 10}, "Knative"),
+        ({"deployment_mode": "Knative", "canary_traffic_percent": 101}, "0..100"),
+        ({"deployment_mode": "Magic"}, "deployment_mode"),
+        ({"min_replicas": 0}, "min_replicas"),
+        ({"min_replicas": 4}, "min_replicas"),
+        ({"name": "Bad_Name"}, "DNS-1035"),
+        ({"cpu_limit": "two"}, "quantity"),
+    ],
+)
+def test_invalid_specs_are_refused(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        spec(**overrides)
+
+
+def test_isvc_name_is_a_short_dns_label() -> None:
+    assert d.isvc_name("gtsrb-classifier") == "gtsrb-classifier"
+    assert d.isvc_name("gtsrb_v2.small") == "gtsrb-v2-small"
+    assert d.isvc_name("7up") == "m-7up"
+    assert len(d.isvc_name("a" * 63)) <= 47
+
+
+# ---- the S3 Secret -----------------------------------------------------------------------------------
+def test_s3_secret_in_kserve_layout() -> None:
+    secret = d.build_s3_secret(
+        "tsr", "tsr-predictor-s3", "http://minio.tsr.svc:9000", False, "AKIA-TEST-ONLY", "not-a-real-secret"
+    )
+    s = d.to_manifest_dict(secret)
+    assert (s["kind"], s["metadata"]["name"], s["metadata"]["namespace"]) == ("Secret", "tsr-predictor-s3", "tsr")
+    assert s["metadata"]["annotations"] == {
+        "serving.kserve.io/s3-endpoint": "minio.tsr.svc:9000",
+        "serving.kserve.io/s3-usehttps": "0",
+    }
+    assert s["stringData"] == {"AWS_ACCESS_KEY_ID": "AKIA-TEST-ONLY", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
+    https = d.to_manifest_dict(d.build_s3_secret("tsr", "x", "minio.example.com", True, "a", "b", region="eu-west-1"))
+    assert https["metadata"]["annotations"]["serving.kserve.io/s3-usehttps"] == "1"
+    assert https["metadata"]["annotations"]["serving.kserve.io/s3-region"] == "eu-west-1"
+    with pytest.raises(ValueError, match="required"):
+        d.build_s3_secret("tsr", "x", "minio:9000", False, "", "x")
+    with pytest.raises(ValueError, match="contradicts"):
+        d.build_s3_secret("tsr", "x", "https://minio:9000", False, "a", "b")
+    with pytest.raises(ValueError, match="host"):
+        d.build_s3_secret("tsr", "x", "minio:9000/path", False, "a", "b")
+
+
+def test_service_account_references_the_secret() -> None:
+    secret, sa = d.build_s3_secret_and_service_account(
+        "tsr", endpoint="minio:9000", use_https=False, access_key="a", secret_key="b"
+    )
+    a = d.to_manifest_dict(sa)
+    assert a["kind"] == "ServiceAccount" and a["metadata"]["name"] == "tsr-predictor"
+    assert a["secrets"] == [{"name": secret.metadata.name}]
+    assert d.to_manifest_dict(d.build_service_account("ml", "sa", "creds"))["secrets"] == [{"name": "creds"}]
+    assert "stringData" not in a and "data" not in a
+
+
+def test_no_credentials_in_rendered_yaml(tmp_path: Path) -> None:
+    store = StoreConfig(kind="s3", endpoint="127.0.0.1:9", access_key="tsr-accesskey1", secret_key="s3cr3t-value-xyz")
+    result = d.deploy("manifest", URI, store=store, manifest_path=tmp_path / "isvc.yaml")
+    text = (tmp_path / "isvc.yaml").read_text()
+    assert text == result.manifest and "kind: InferenceService" in text
+    for needle in (store.access_key, store.secret_key, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "kind: Secret"):
+        assert needle not in text
+    committed = "".join(p.read_text() for p in sorted((REPO_ROOT / "manifests").glob("*.yaml")))
+    assert "kind: Secret" not in committed and "stringData" not in committed and "AWS_" not in committed
+
+
+# ---- YAML ---------------------------------------------------------------------------------------------
+def test_render_yaml_is_deterministic() -> None:
+    a = d.render_yaml([d.build_service_account("tsr"), d.build_inference_service(spec())], header="x")
+    b = d.render_yaml([d.build_service_account("tsr"), d.build_inference_service(spec())], header="x")
+    assert a == b
+    # annotation/selector insertion order must not leak into the text
+    one = d.render_yaml([d.build_inference_service(spec(node_selector={"a": "1", "b": "2"}))])
+    two = d.render_yaml([d.build_inference_service(spec(node_selector={"b": "2", "a": "1"}))])
+    assert one == two
+    docs = list(yaml.safe_load_all(a))
+    assert [doc["kind"] for doc in docs] == ["ServiceAccount", "InferenceService"]
+
+
+def test_committed_manifests_equal_a_fresh_render(tmp_path: Path) -> None:
+    written = d.write_manifests(tmp_path)
+    committed = REPO_ROOT / "manifests" / d.MANIFEST_FILE
+    assert committed.is_file(), f"{committed} missing: run `python -m components.deploy.deploy`"
+    assert committed.read_bytes() == written.read_bytes(), (
+        f"{committed} is stale: run `python -m components.deploy.deploy`"
+    )
+    sa, isvc = yaml.safe_load_all(committed.read_text())
+    assert sa["kind"] == "ServiceAccount" and isvc["kind"] == "InferenceService"
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == sa["metadata"]["name"]
+    env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["STORAGE_URI"] == f"s3://models/gtsrb-classifier/{d.PLACEHOLDER_VERSION}"
+    # the placeholder is the only thing a real deploy changes
+    real = d.write_manifests(tmp_path / "real", model_uri=URI).read_text()
+    assert real.count(URI) == 1 and d.PLACEHOLDER_VERSION not in real
+
+
+# ---- modes without a process ------------------------------------------------------------------------
+def test_none_and_manifest_modes(tmp_path: Path) -> None:
+    none = d.deploy("none", URI, manifest_path=tmp_path / "none.yaml")
+    assert none.endpoint == "" and none.manifest == ""
+    assert (tmp_path / "none.yaml").read_text().startswith("#")
+    result = d.deploy("manifest", URI, "gtsrb-classifier", namespace="serving", predictor_image="reg.example/p:1")
+    doc = yaml.safe_load(result.manifest)
+    assert doc["metadata"]["namespace"] == "serving"
+    assert doc["spec"]["predictor"]["containers"][0]["image"] == "reg.example/p:1"
+    assert result.endpoint == "" and result.name == "gtsrb-classifier"
+    with pytest.raises(ValueError, match="deploy mode"):
+        d.deploy("helm", URI)
+
+
+def test_cluster_mode_without_a_cluster_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    with pytest.raises(d.DeployError, match="no Kubernetes cluster configured"):
+        d.deploy("cluster", URI, kube_config=str(tmp_path / "no-such-kubeconfig"))
+    with pytest.raises(d.DeployError, match="registry version"):
+        d.deploy("cluster", str(tmp_path))
+
+
+class FakeCustomObjects:
+    """Just enough of CustomObjectsApi to check create-or-replace and readiness polling."""
+
+    def __init__(self, existing: dict[str, Any] | None = None, conflicts: int = 0) -> None:
+        self.existing = existing
+        self.conflicts = conflicts
+        self.calls: list[tuple[str, Any]] = []
+
+    def get_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str, name: str, **_: Any) -> Any:
+        assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
+        self.calls.append(("get", name))
+        if self.existing is None:
+            raise ApiException(status=404, reason="Not Found")
+        return self.existing
+
+    def create_namespaced_custom_object(
+        self, group: str, version: str, ns: str, plural: str, body: Any, **_: Any
+    ) -> Any:
+        self.calls.append(("create", body))
+        return body
+
+    def replace_namespaced_custom_object(
+        self, group: str, version: str, ns: str, plural: str, name: str, body: Any, **_: Any
+    ) -> Any:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ApiException(status=409, reason="Conflict")
+        self.calls.append(("replace", body))
+        return body
+
+
+def test_apply_creates_then_replaces() -> None:
+    isvc = d.build_inference_service(spec())
+    api = FakeCustomObjects()
+    assert d.apply_inference_service(isvc, api=api) == "created tsr/gtsrb-classifier"
+    assert api.calls[-1] == ("create", d.to_manifest_dict(isvc))
+    api = FakeCustomObjects(existing={"metadata": {"resourceVersion": "42"}}, conflicts=1)
+    assert d.apply_inference_service(isvc, api=api) == "replaced tsr/gtsrb-classifier"
+    kind, body = api.calls[-1]
+    assert kind == "replace" and body["metadata"]["resourceVersion"] == "42"
+    assert body["spec"] == d.to_manifest_dict(isvc)["spec"]
+    api = FakeCustomObjects()
+    assert d.apply_inference_service(isvc, "staging", api=api) == "created staging/gtsrb-classifier"
+    assert api.calls[-1][1]["metadata"]["namespace"] == "staging"
+
+
+def test_wait_for_ready() -> None:
+    ready = {
+        "metadata": {"generation": 2, "resourceVersion": "7"},
+        "status": {
+            "observedGeneration": 2,
+            "url": "http://gtsrb-classifier.tsr.example.com",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    assert d.wait_for_inference_service("gtsrb-classifier", "tsr", FakeCustomObjects(ready), timeout_s=1) == (
+        "http://gtsrb-classifier.tsr.example.com"
+    )
+    stale = {**ready, "status": {**ready["status"], "observedGeneration": 1}}
+    failing = {
+        "metadata": {"generation": 1},
+        "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "ImagePullBackOff"}]},
+    }
+    for obj in (stale, failing):
+        with pytest.raises(d.DeployError, match="not Ready"):
+            d.wait_for_inference_service("gtsrb-classifier", "tsr", FakeCustomObjects(obj), timeout_s=0, poll_s=0)
+
+
+# ---- local mode: process management with a fake predictor ------------------------------------------
+FAKE_SERVER = """
+import argparse, http.server, os, signal, sys, time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model")
+parser.add_argument("--model-name")
+parser.add_argument("--http-port", type=int)
+parser.add_argument("--threads", type=int, default=0)
+args = parser.parse_args()
+print("endpoint from env:", os.environ.get("TSR_S3_ENDPOINT"), flush=True)
+if "missing" in args.model:
+    print(f"model {args.model}: no such directory", flush=True)
+    sys.exit(2)
+if "stubborn" in args.model:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if "never-ready" in args.model or "stubborn" in args.model:
+    while True:
+        time.sleep(1)
+
+
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == f"/v2/models/{args.model_name}/ready"
+        self.send_response(200 if ok else 404)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+http.server.HTTPServer(("127.0.0.1", args.http_port), Ready).serve_forever()
+"""
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> list[str]:
+    script = tmp_path / "fake_predictor.py"
+    script.write_text(FAKE_SERVER)
+    return [sys.executable, str(script)]
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    state_dir = tmp_path / "state"
+    try:
+        yield state_dir
+    finally:
+        d.stop_local_predictor(state_dir, timeout_s=2)
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_local_start_read_stop(tmp_path: Path, state: Path, fake: list[str]) -> None:
+    store = StoreConfig(kind="s3", endpoint="127.0.0.1:9", access_key="tsr-accesskey1", secret_key="s3cr3t-value-xyz")
+    result = d.deploy(
+        "local", URI, "gtsrb-classifier", state_dir=state, store=store, command=fake, manifest_path=tmp_path / "m.yaml"
+    )
+    info = d.read_local_predictor(state)
+    assert result.mode == "local" and result.endpoint == info["url"] == f"http://127.0.0.1:{info['port']}"
+    assert {"pid", "port", "url", "model_uri", "log"} <= info.keys() and info["model_uri"] == URI
+    assert "kind: InferenceService" in (tmp_path / "m.yaml").read_text()  # the artifact exists in local mode too
+    pid = int(info["pid"])
+    assert os.getpgid(pid) == pid  # its own session: outlives the step that started it
+    with urllib.request.urlopen(f"{result.endpoint}/v2/models/gtsrb-classifier/ready", timeout=5) as resp:
+        assert resp.status == 200
+    # the store travels through the environment, never the command line
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+    assert store.secret_key not in cmdline and store.access_key not in cmdline
+    assert "endpoint from env: 127.0.0.1:9" in Path(info["log"]).read_text()
+    assert d.stop_local_predictor(state) is True
+    assert not _pid_running(pid)
+    assert not (state / d.LOCAL_STATE_FILE).exists()
+    assert d.stop_local_predictor(state) is False  # idempotent, no error
+    with pytest.raises(d.DeployError, match="no local predictor"):
+        d.read_local_predictor(state)
+
+
+def test_local_start_replaces_a_running_predictor(state: Path, fake: list[str]) -> None:
+    first = d.start_local_predictor(URI, "gtsrb-classifier", state, command=fake)
+    second = d.start_local_predictor(URI, "gtsrb-classifier", state, command=fake)
+    assert not _pid_running(int(first["pid"])) and _pid_running(int(second["pid"]))
+    assert d.read_local_predictor(state)["pid"] == second["pid"]
+
+
+def test_local_early_exit_raises_with_the_log(tmp_path: Path, state: Path, fake: list[str]) -> None:
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code 2.*no such directory"):
+        d.start_local_predictor(str(tmp_path / "missing-model"), "gtsrb-classifier", state, command=fake)
+    assert not (state / d.LOCAL_STATE_FILE).exists()
+
+
+def test_local_timeout_stops_the_process(tmp_path: Path, state: Path, fake: list[str]) -> None:
+    with pytest.raises(d.DeployError, match="not ready within"):
+        d.start_local_predictor(str(tmp_path / "never-ready"), "gtsrb-classifier", state, timeout_s=1, command=fake)
+    assert not (state / d.LOCAL_STATE_FILE).exists()
+
+
+def test_stop_falls_back_to_sigkill(tmp_path: Path, state: Path, fake: list[str]) -> None:
+    with pytest.raises(d.DeployError, match="not ready within"):
+        d.start_local_predictor(str(tmp_path / "stubborn"), "gtsrb-classifier", state, timeout_s=0.5, command=fake)
+    # start again without the timeout path, and stop it while it ignores SIGTERM
+    state.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([*fake, "--model", "stubborn", "--model-name", "m"], start_new_session=True)
+    time.sleep(0.5)
+    (state / d.LOCAL_STATE_FILE).write_text(json.dumps({"pid": proc.pid, "start_time": None}))
+    assert d.stop_local_predictor(state, timeout_s=0.5) is True
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_local_mode_needs_a_state_dir() -> None:
+    with pytest.raises(ValueError, match="state directory"):
+        d.deploy("local", URI)
+
+
+@pytest.mark.slow
+def test_local_mode_with_the_real_predictor(tmp_path: Path, state: Path) -> None:
+    """`python -m serving` itself; slow because it imports torch (the pipeline tests cover it too)."""
+    model_dir = make_model_dir(tmp_path / "model")
+    result = d.deploy("local", str(model_dir), "gtsrb-classifier", state_dir=state, threads=1)
+    with urllib.request.urlopen(f"{result.endpoint}/v2/models/gtsrb-classifier/ready", timeout=5) as resp:
+        assert resp.status == 200
+    pid = int(d.read_local_predictor(state)["pid"])
+    assert d.stop_local_predictor(state) is True and not _pid_running(pid)
