@@ -6,10 +6,10 @@ One definition for both modes: the KFP backend runs its compiled IR (pipelines/c
 
 from typing import Any, NamedTuple
 
-from components.deploy.component import deploy_component
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact
 
+from components.deploy.component import deploy_component
 from components.evaluate.component import evaluate_component
 from components.factory import DEFAULT_COMPONENT_IMAGE, containerized
 from components.ingest.component import ingest_component

@@ -105,7 +105,6 @@ def send_requests(
 
 def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
     from components.deploy.deploy import stop_local_predictor
-
     from pipelines.local_run import run_local
     from tsr.local_minio import store_session
 

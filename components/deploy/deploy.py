@@ -519,9 +519,8 @@ def wait_for_inference_service(
                 f"{c.get('type')}={c.get('status')} {c.get('reason') or ''} {c.get('message') or ''}".strip()
                 for c in conditions
             )
-            raise DeployError(
-                f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s: {summary or 'no conditions yet'}"
-            )
+            summary = summary or "no conditions yet"
+            raise DeployError(f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s: {summary}")
         time.sleep(poll_s)
 
 
@@ -550,13 +549,11 @@ def _alive(pid: int, start_time: str | None) -> bool:
         return False
     except PermissionError:
         return False  # someone else's process now holds this pid
-    if start_time is not None:
-        now = _proc_start_time(pid)
-        if now != start_time:
+    if start_time is not None and _proc_start_time(pid) != start_time:
+        return False
+    with contextlib.suppress(OSError, IndexError):  # a zombie someone else has yet to reap is gone too
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
             return False
-        with contextlib.suppress(OSError, IndexError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
     return True
 
 
@@ -645,7 +642,7 @@ def start_local_predictor(
         if _ready(ready_url):
             return info
         if time.monotonic() >= deadline:
-            stop_local_predictor(state_dir)
+            stop_local_predictor(state_dir, timeout_s=5)  # it never served: no requests to drain
             raise DeployError(
                 f"local predictor not ready within {timeout_s:.0f}s at {ready_url}; {log_path}:\n{_log_tail(log_path)}"
             )
