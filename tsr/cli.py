@@ -23,7 +23,8 @@ app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(models_app, name="models")
 
 err = Console(stderr=True)
-out = Console()
+# Wide enough for the demo tables when stdout is a pipe or a log file (rich assumes 80 columns).
+out = Console(width=None if sys.stdout.isatty() else 140)
 
 
 def fail(message: str, code: int = 1) -> None:
