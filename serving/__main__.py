@@ -22,12 +22,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # kserve parses sys.argv when imported; hide our flags so it cannot misread them
-    # (argparse would take `--model` as an abbreviation of its `--model_name`).
-    sys.argv = sys.argv[:1]
+    # Imported late so a bad flag is reported before torch and the model are loaded.
     from serving.server import ServeConfig, serve
     from tsr.local_minio import store_session
     from tsr.registry import RegistryError, parse_model_spec
+    from tsr.store import StoreError
 
     cfg = ServeConfig(
         model=args.model,
@@ -47,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                 serve(cfg, store)
         else:
             serve(cfg, None)
-    except (ValueError, RegistryError) as exc:
+    except (ValueError, FileNotFoundError, RegistryError, StoreError) as exc:
+        # A missing, unreadable or tampered model: one line and exit code 2, not a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -123,8 +123,7 @@ def _as_array(value: Any, where: str) -> np.ndarray:
 # ---- V1 ------------------------------------------------------------------------------------------
 
 
-def _v1_instance(instance: Any, index: int, image_size: int, limits: CodecLimits) -> torch.Tensor:
-    where = f"instances[{index}]"
+def _v1_instance(instance: Any, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
     if isinstance(instance, dict):
         field = "b64"
         payload: Any = instance.get("b64")
@@ -151,12 +150,13 @@ def _v1_instance(instance: Any, index: int, image_size: int, limits: CodecLimits
 
 
 def decode_v1(body: Any, image_size: int, limits: CodecLimits) -> torch.Tensor:
-    """`{"instances": [...]}` -> (N, 3, S, S) uint8."""
-    if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
+    """`{"instances": [...]}` (or the TF-Serving style `{"inputs": [...]}`) -> (N, 3, S, S) uint8."""
+    key = "instances" if isinstance(body, dict) and "instances" in body else "inputs"
+    if not isinstance(body, dict) or not isinstance(body.get(key), list):
         raise InvalidInput("request body must be a JSON object with an 'instances' list")
-    instances: list[Any] = body["instances"]
-    _check_batch(len(instances), "instances", limits)
-    return torch.cat([_v1_instance(inst, i, image_size, limits) for i, inst in enumerate(instances)])
+    instances: list[Any] = body[key]
+    _check_batch(len(instances), key, limits)
+    return torch.cat([_v1_instance(inst, f"{key}[{i}]", image_size, limits) for i, inst in enumerate(instances)])
 
 
 # ---- V2 ------------------------------------------------------------------------------------------

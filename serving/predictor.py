@@ -80,6 +80,7 @@ class TSRPredictor(Model):
         self.limits = limits or CodecLimits()
         self.threads = resolve_threads(threads)
         self.model_uri: str | None = None
+        self.model_version: str | None = None  # registry version id; None for a local directory
         self.model_dir: Path | None = None
         self._model: nn.Module | None = None
         self._config: ModelConfig | None = None
@@ -101,6 +102,8 @@ class TSRPredictor(Model):
         torch.set_num_threads(self.threads)
         self._model, self._config = model, config
         self.model_dir, self.model_uri = model_dir, uri
+        # The alias was resolved to an immutable version: report that, not "champion".
+        self.model_version = uri.rstrip("/").rsplit("/", 1)[-1] if spec.needs_store else None
         size = config.preprocess.image_size
         self._forward(torch.zeros(1, 3, size, size, dtype=torch.uint8))  # warm-up: first request is not slow
         log.info("model %s loaded from %s (%s, %d threads)", self.name, uri, config.arch, self.threads)
@@ -137,6 +140,20 @@ class TSRPredictor(Model):
 
     # ---- helpers -------------------------------------------------------------------------------
 
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """V2 metadata lists the image input; UINT8 [N,H,W,3] and FP32 [N,3,H,W] tensors work too (README)."""
+        return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        k = min(TOP_K, self.config.num_classes)
+        return [
+            {"name": "class_id", "datatype": "INT64", "shape": [-1]},
+            {"name": "probability", "datatype": "FP32", "shape": [-1]},
+            {"name": "class_name", "datatype": "BYTES", "shape": [-1]},
+            {"name": "top_k_class_id", "datatype": "INT64", "shape": [-1, k]},
+            {"name": "top_k_probability", "datatype": "FP32", "shape": [-1, k]},
+        ]
+
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) -> softmax probabilities, via the one shared preprocessing path."""
         if self._model is None or self._config is None:
@@ -171,6 +188,7 @@ class TSRPredictor(Model):
         return InferResponse(
             response_id=(request.id if request is not None and request.id else str(uuid.uuid4())),
             model_name=self.name,
+            model_version=self.model_version,
             infer_outputs=outputs,
             use_binary_outputs=bool(request is not None and request.use_binary_outputs),
             requested_outputs=request.request_outputs if request is not None else None,

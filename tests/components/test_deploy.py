@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -319,6 +320,7 @@ if "missing" in args.model:
 if "stubborn" in args.model:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("ignoring SIGTERM", flush=True)
+    print("ignoring SIGTERM", flush=True)
 if "never-ready" in args.model or "stubborn" in args.model:
     while True:
         time.sleep(1)
@@ -407,23 +409,28 @@ def test_local_timeout_stops_the_process(tmp_path: Path, state: Path, fake: list
     assert not (state / d.LOCAL_STATE_FILE).exists()
 
 
-def test_stop_falls_back_to_sigkill(tmp_path: Path, state: Path, fake: list[str]) -> None:
-    with pytest.raises(d.DeployError, match="not ready within"):
-        d.start_local_predictor(str(tmp_path / "stubborn"), "gtsrb-classifier", state, timeout_s=0.5, command=fake)
-    # start again without the timeout path, and stop it while it ignores SIGTERM
-    state.mkdir(parents=True, exist_ok=True)
+def test_stop_falls_back_to_sigkill(state: Path, fake: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[int] = []
+    real_signal = d._signal
+
+    def recording(pid: int, sig: signal.Signals) -> None:
+        sent.append(sig)
+        real_signal(pid, sig)
+
+    monkeypatch.setattr(d, "_signal", recording)
     proc = subprocess.Popen(
-        [*fake, "--model", "stubborn", "--model-name", "m"], start_new_session=True, stdout=subprocess.PIPE, text=True
+        [*fake, "--model", "stubborn", "--model-name", "m"], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     assert proc.stdout is not None
-    while "ignoring SIGTERM" not in proc.stdout.readline():  # the handler is in place: SIGTERM alone won't do
+    while "ignoring SIGTERM" not in proc.stdout.readline():  # the handler is in place
         pass
+    state.mkdir(parents=True)
     (state / d.LOCAL_STATE_FILE).write_text(json.dumps({"pid": proc.pid, "start_time": None}))
     assert d.stop_local_predictor(state, timeout_s=0.5) is True
-    # stop_local_predictor reaps its own children, so Popen never sees the status: check the pid instead
-    assert not _pid_running(proc.pid)
-    proc.wait(timeout=10)
+    assert sent == [signal.SIGTERM, signal.SIGKILL]
+    assert not _pid_running(proc.pid)  # stop_local_predictor reaped it (it is our child here)
     proc.stdout.close()
+    assert not (state / d.LOCAL_STATE_FILE).exists()
 
 
 def test_local_mode_needs_a_state_dir() -> None:

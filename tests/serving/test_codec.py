@@ -66,6 +66,28 @@ def test_v2_bytes_base64_and_raw(sample_ppms: list[Path]) -> None:
     assert torch.equal(decode_v2(_v2("BYTES", [3], encoded), SIZE, LIMITS), expected)
 
 
+def test_v2_binary_extension(sample_ppms: list[Path]) -> None:
+    """Tensors sent with the binary-data extension reach the codec as kserve parses them off the wire."""
+    expected = torch.stack([load_image_file(p, SIZE) for p in sample_ppms])
+    pixels = expected.permute(0, 2, 3, 1).numpy()
+    u8 = InferInput(name="x", shape=list(pixels.shape), datatype="UINT8")
+    u8.set_data_from_numpy(pixels, binary_data=True)
+    b64 = InferInput(name="x", shape=[len(sample_ppms)], datatype="BYTES")
+    b64.set_data_from_numpy(np.array([_b64(_encode(p, "PNG")) for p in sample_ppms], dtype=np.object_))
+    for inp in (u8, b64):
+        body, json_length = InferRequest(model_name="m", infer_inputs=[inp]).to_rest()
+        assert isinstance(body, bytes) and json_length is not None
+        parsed = InferRequest.from_bytes(body, json_length, "m")
+        assert torch.equal(decode_v2(parsed, SIZE, LIMITS), expected), inp.datatype
+
+
+def test_v1_inputs_alias(sample_ppms: list[Path]) -> None:
+    got = decode_v1({"inputs": [{"b64": _b64(sample_ppms[0].read_bytes())}]}, SIZE, LIMITS)
+    assert torch.equal(got[0], load_image_file(sample_ppms[0], SIZE))
+    with pytest.raises(InvalidInput, match=r"inputs\[1\]\.b64: invalid base64"):
+        decode_v1({"inputs": [{"b64": _tiny_png()}, {"b64": "?"}]}, SIZE, LIMITS)
+
+
 def test_any_size_image_is_resized_by_the_shared_path(sample_ppms: list[Path]) -> None:
     big = Image.open(sample_ppms[0]).convert("RGB").resize((77, 50))
     buf = io.BytesIO()

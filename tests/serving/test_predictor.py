@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
@@ -42,7 +43,7 @@ def test_v1_output_equals_direct_model_call(tiny_model_dir: Path, images: list[P
     predictor = TSRPredictor("gtsrb-classifier", ModelSource(str(tiny_model_dir)), threads=1)
     assert not predictor.ready
     assert predictor.load() and predictor.ready
-    assert predictor.model_uri == str(tiny_model_dir.resolve())
+    assert predictor.model_uri == str(tiny_model_dir.resolve()) and predictor.model_version is None
     body = {"instances": [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in images]}
     predictions = _call(predictor, body)["predictions"]
     expected = _direct(tiny_model_dir, images)
@@ -80,6 +81,8 @@ def test_v2_response_serializes_and_matches(tiny_model_dir: Path, images: list[P
     assert outputs["class_id"]["data"] == expected.argmax(1).tolist()
     assert outputs["probability"]["data"] == pytest.approx(expected.max(1).values.tolist(), abs=1e-5)
     assert outputs["class_name"]["data"] == [predictor.config.class_names[i] for i in outputs["class_id"]["data"]]
+    assert outputs["top_k_class_id"]["shape"] == [len(images), 3]
+    assert [o["name"] for o in predictor.get_output_types()] == [o["name"] for o in body["outputs"]]
 
 
 def _publish(cfg: StoreConfig, model_dir: Path, name: str) -> str:
@@ -96,6 +99,12 @@ def test_registry_champion_and_uri_load(minio: StoreConfig, tiny_model_dir: Path
         predictor = TSRPredictor(name, ModelSource(spec, minio, tmp_path / spec.replace("/", "_")), threads=1)
         assert predictor.load() and predictor.ready
         assert predictor.model_uri is not None and predictor.model_uri.endswith(f"{name}/{version}")
+        assert predictor.model_version == version  # the alias is reported as the version it resolved to
+        request = InferRequest(
+            model_name=name, infer_inputs=[InferInput(name="image", shape=[1, 32, 32, 3], datatype="UINT8")]
+        )
+        request.inputs[0].set_data_from_numpy(np.zeros((1, 32, 32, 3), dtype=np.uint8), binary_data=False)
+        assert _call(predictor, request).model_version == version
 
 
 def test_tampered_registry_object_is_refused(minio: StoreConfig, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -116,6 +116,27 @@ def test_v2_bytes_and_uint8(server: Server, image_paths: list[Path]) -> None:
     assert resp.status_code == 200, resp.text
     tensor_outputs = {o["name"]: o for o in resp.json()["outputs"]}
     assert tensor_outputs["class_id"]["data"] == outputs["class_id"]["data"]
+    floats = (pixels.transpose(0, 3, 1, 2) / 255.0).astype(np.float32)
+    tensor = {"name": "image", "shape": list(floats.shape), "datatype": "FP32", "data": floats.reshape(-1).tolist()}
+    resp = _v2(server, {"inputs": [tensor]})
+    assert resp.status_code == 200, resp.text
+    assert {o["name"]: o for o in resp.json()["outputs"]}["class_id"]["data"] == outputs["class_id"]["data"]
+
+
+def test_v2_metadata_describes_outputs(server: Server) -> None:
+    meta = httpx.get(f"{server.url}/v2/models/{NAME}", timeout=10).json()
+    assert meta["name"] == NAME
+    assert {o["name"] for o in meta["outputs"]} >= {"class_id", "probability", "class_name"}
+    assert meta["inputs"] and meta["inputs"][0]["datatype"] == "BYTES"
+
+
+def test_import_survives_foreign_argv() -> None:
+    """kserve parses sys.argv on import and exits on `--p`; `tsr serve`'s own flags must never reach it."""
+    code = "import serving.server, kserve.model_server as m; print(m.args.model_name)"
+    argv = [sys.executable, "-c", code, "--p", "1", "--model", "champion"]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "model"
 
 
 @pytest.mark.parametrize(
