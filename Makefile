@@ -8,6 +8,8 @@ TOOLS := $(CURDIR)/.tools/bin
 MINIO_VERSION ?= v0.0.0-20260212201848-7aac2a2c5b7c
 DEMO_EPOCHS ?= 18
 DEMO_TRACKS ?= 0
+DEMO_BATCH ?= 256
+DEMO_MIN_ACCURACY ?= 0.95
 COMPONENT_IMAGE ?= ghcr.io/tsr-platform/tsr-components:0.1.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -41,7 +43,8 @@ $(TOOLS)/minio:
 tools: $(TOOLS)/minio
 
 demo: venv tools
-	$(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS)
+	$(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS) \
+	  --batch-size $(DEMO_BATCH) --min-accuracy $(DEMO_MIN_ACCURACY)
 
 test: venv tools lint typecheck
 	$(PY) -m pytest -q

@@ -257,7 +257,8 @@ def demo(
     ] = None,
     epochs: Annotated[int, typer.Option(help="training epochs (the default config uses 18)")] = 18,
     max_groups_per_class: Annotated[int, typer.Option(help="tracks per class, 0 = all (quick runs use a few)")] = 0,
-    min_accuracy: float = 0.95,
+    min_accuracy: Annotated[float, typer.Option(help="gate floor; quick runs need a lower one")] = 0.95,
+    batch_size: Annotated[int, typer.Option(help="training batch size (smaller helps tiny quick runs)")] = 256,
     requests: Annotated[int, typer.Option(help="images sent to the endpoint")] = 8,
 ) -> None:
     """The main job end to end: MinIO, pipeline, registry, predictor, real HTTP requests, summary."""
@@ -268,6 +269,7 @@ def demo(
         epochs=epochs,
         max_groups_per_class=max_groups_per_class,
         min_accuracy=min_accuracy,
+        batch_size=batch_size,
         requests=requests,
     )
     try:

@@ -33,6 +33,7 @@ class DemoConfig:
     epochs: int = 18
     max_groups_per_class: int = 0
     min_accuracy: float = 0.95
+    batch_size: int = 256
     requests: int = 8
     model_name: str = DEFAULT_MODEL_NAME
     seed: int = 0
@@ -117,6 +118,7 @@ def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
             "epochs": cfg.epochs,
             "max_groups_per_class": cfg.max_groups_per_class,
             "min_accuracy": cfg.min_accuracy,
+            "batch_size": cfg.batch_size,
             "model_name": cfg.model_name,
             "deploy_mode": "local",
             "seed": cfg.seed,
