@@ -6,6 +6,7 @@ behaves exactly like MinIO for them (keys, listing, atomic whole-object writes).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -64,6 +65,18 @@ class S3Store:
     def _fail(self, action: str, key: str, exc: Exception) -> StoreError:
         return StoreError(f"{action} {self.uri(key)} on {self.config.describe()} failed: {exc}")
 
+    @contextlib.contextmanager
+    def _downloading(self, key: str) -> Iterator[None]:
+        """A missing object or bucket becomes FileNotFoundError; anything else a StoreError naming the key."""
+        try:
+            yield
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchBucket"}:
+                raise FileNotFoundError(f"{self.uri(key)} does not exist") from exc
+            raise self._fail("download", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("download", key, exc) from exc
+
     def ensure_bucket(self) -> None:
         try:
             if not self.client.bucket_exists(self.bucket):
@@ -98,30 +111,18 @@ class S3Store:
             raise self._fail("upload", key, exc) from exc
 
     def get_bytes(self, key: str) -> bytes:
-        try:
+        with self._downloading(key):
             response = self.client.get_object(self.bucket, key)
             try:
                 return response.read()
             finally:
                 response.close()
                 response.release_conn()
-        except S3Error as exc:
-            if exc.code in {"NoSuchKey", "NoSuchBucket"}:
-                raise FileNotFoundError(f"{self.uri(key)} does not exist") from exc
-            raise self._fail("download", key, exc) from exc
-        except Exception as exc:
-            raise self._fail("download", key, exc) from exc
 
     def get_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with self._downloading(key):
             self.client.fget_object(self.bucket, key, str(path))
-        except S3Error as exc:
-            if exc.code in {"NoSuchKey", "NoSuchBucket"}:
-                raise FileNotFoundError(f"{self.uri(key)} does not exist") from exc
-            raise self._fail("download", key, exc) from exc
-        except Exception as exc:
-            raise self._fail("download", key, exc) from exc
 
     def list(self, prefix: str, recursive: bool = True) -> list[str]:
         try:
