@@ -13,7 +13,7 @@ DEMO_MIN_ACCURACY ?= 0.95
 COMPONENT_IMAGE ?= ghcr.io/tsr-platform/tsr-components:0.1.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools demo test lint typecheck compile bench clean clean-state
+.PHONY: help venv tools prometheus demo test lint typecheck compile bench clean clean-state
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -40,13 +40,28 @@ $(TOOLS)/minio:
 	  echo "WARNING: neither Go nor minio found: tsr falls back to a local directory store"; \
 	fi
 
-tools: $(TOOLS)/minio
+# Prometheus + promtool from Debian's package (alert rule checks, the Prometheus integration test,
+# the demo's scrape). Best effort here; `make test` then insists on promtool being there.
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  echo "installing Debian's prometheus package (prometheus, promtool)"; \
+	  $$sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+	  echo "WARNING: could not install prometheus (needs root or sudo): monitoring checks will fail"; \
+	else \
+	  echo "WARNING: no apt-get: install prometheus + promtool yourself for the monitoring checks"; \
+	fi
+
+tools: $(TOOLS)/minio prometheus
 
 demo: venv tools
 	$(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS) \
 	  --batch-size $(DEMO_BATCH) --min-accuracy $(DEMO_MIN_ACCURACY)
 
 test: venv tools lint typecheck
+	@command -v promtool >/dev/null || { echo "promtool not found: see 'make prometheus'"; exit 1; }
 	$(PY) -m pytest -q
 
 lint: venv

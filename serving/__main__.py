@@ -1,4 +1,4 @@
-"""`python -m serving --model X [--model-name N] [--http-port P] [--threads T]` (the container entrypoint)."""
+"""`python -m serving --model X [--model-name N] [--http-port P] [...]` (the container entrypoint; --help lists all)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=None, help="enable gRPC on this port (off by default)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where registry downloads are kept")
-    parser.add_argument("--max-batch", type=int, default=256)
-    parser.add_argument("--max-pixels", type=int, default=4_000_000)
+    parser.add_argument("--max-batch", type=int, default=256, help="images in one request")
+    parser.add_argument("--max-pixels", type=int, default=4_000_000, help="pixels in one image")
+    parser.add_argument("--max-image-bytes", type=int, default=16 * 1024 * 1024, help="encoded bytes of one image")
+    parser.add_argument("--max-request-bytes", type=int, default=64 * 1024 * 1024, help="bytes in one HTTP body")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (1 = no batching)")
+    parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="extra wait for a fuller batch")
+    parser.add_argument(
+        "--reload-interval", type=float, default=0.0, help="seconds between registry alias checks (0 = off)"
+    )
+    parser.add_argument("--drift-window", type=int, default=1000, help="images in the rolling drift window")
     return parser.parse_args(argv)
 
 
@@ -36,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         max_batch=args.max_batch,
         max_pixels=args.max_pixels,
+        max_image_bytes=args.max_image_bytes,
+        max_request_bytes=args.max_request_bytes,
+        batch_size=args.batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        reload_interval_s=args.reload_interval,
+        drift_window=args.drift_window,
+        drift_min_images=min(100, args.drift_window),
     )
     if args.cache_dir is not None:
         cfg.cache_dir = args.cache_dir

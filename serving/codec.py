@@ -31,6 +31,17 @@ from tsr.preprocessing import (
 SUPPORTED_V2_DATATYPES = ("BYTES", "UINT8", "FP32")
 
 
+class Rejected(InvalidInput):
+    """A client mistake (HTTP 400, gRPC INVALID_ARGUMENT) with a machine-readable reason for metrics.
+
+    `category` (the metric's `reason` label) is one of `serving.monitoring.metrics.REJECTION_REASONS`.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.category = reason
+
+
 @dataclass(frozen=True)
 class CodecLimits:
     """Bounds on one request, so a single client cannot exhaust the predictor's memory."""
@@ -46,50 +57,58 @@ class CodecLimits:
 
 def _check_batch(count: int, where: str, limits: CodecLimits) -> None:
     if count == 0:
-        raise InvalidInput(f"{where}: no images in the request; send 1 to max_batch={limits.max_batch}")
+        raise Rejected("empty_batch", f"{where}: no images in the request; send 1 to max_batch={limits.max_batch}")
     if count > limits.max_batch:
-        raise InvalidInput(f"{where}: {count} images in one request, limit is max_batch={limits.max_batch}")
+        raise Rejected(
+            "batch_too_large", f"{where}: {count} images in one request, limit is max_batch={limits.max_batch}"
+        )
 
 
 def _b64decode(text: str | bytes, where: str, limits: CodecLimits) -> bytes:
     # base64 inflates by 4/3; checking the encoded length first avoids decoding a huge string.
     if len(text) > limits.max_image_bytes * 4 // 3 + 4:
-        raise InvalidInput(f"{where}: encoded image is {len(text)} characters, limit is {limits.max_image_bytes} bytes")
+        raise Rejected(
+            "image_too_large",
+            f"{where}: encoded image is {len(text)} characters, limit is {limits.max_image_bytes} bytes",
+        )
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{where}: invalid base64 ({exc})") from exc
+        raise Rejected("undecodable_image", f"{where}: invalid base64 ({exc})") from exc
 
 
 def decode_encoded_image(data: bytes, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
     """PNG/JPEG/PPM bytes -> (3, S, S) uint8, through the shared decoder and its pixel guard."""
     if len(data) > limits.max_image_bytes:
-        raise InvalidInput(f"{where}: image is {len(data)} bytes, limit is max_image_bytes={limits.max_image_bytes}")
+        raise Rejected(
+            "image_too_large", f"{where}: image is {len(data)} bytes, limit is max_image_bytes={limits.max_image_bytes}"
+        )
     try:
         img = decode_image(data, source=where, max_pixels=limits.max_pixels)
     except ImageDecodeError as exc:
-        raise InvalidInput(f"{exc} (max_pixels={limits.max_pixels})") from exc
+        raise Rejected("undecodable_image", f"{exc} (max_pixels={limits.max_pixels})") from exc
     return image_to_uint8(img, image_size)
 
 
 def _check_pixels(height: int, width: int, where: str, limits: CodecLimits) -> None:
     if height < 1 or width < 1:
-        raise InvalidInput(f"{where}: image is {height}x{width}, both sides must be >= 1")
+        raise Rejected("bad_shape", f"{where}: image is {height}x{width}, both sides must be >= 1")
     if height * width > limits.max_pixels:
-        raise InvalidInput(
-            f"{where}: image is {height}x{width} = {height * width} pixels, limit is max_pixels={limits.max_pixels}"
+        raise Rejected(
+            "image_too_large",
+            f"{where}: image is {height}x{width} = {height * width} pixels, limit is max_pixels={limits.max_pixels}",
         )
 
 
 def uint8_hwc_to_batch(arr: np.ndarray, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
     """Integer (N, H, W, 3) in 0..255 -> (N, 3, S, S) uint8."""
     if arr.dtype.kind not in "iu":
-        raise InvalidInput(f"{where}: uint8 tensor must hold integers 0..255, got dtype {arr.dtype}")
+        raise Rejected("bad_dtype", f"{where}: uint8 tensor must hold integers 0..255, got dtype {arr.dtype}")
     if arr.ndim != 4 or arr.shape[3] != 3:
-        raise InvalidInput(f"{where}: uint8 tensor must have shape (H, W, 3), got {tuple(arr.shape[1:])}")
+        raise Rejected("bad_shape", f"{where}: uint8 tensor must have shape (H, W, 3), got {tuple(arr.shape[1:])}")
     _check_pixels(int(arr.shape[1]), int(arr.shape[2]), where, limits)
     if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise InvalidInput(f"{where}: uint8 values must lie in 0..255, got {arr.min()}..{arr.max()}")
+        raise Rejected("bad_dtype", f"{where}: uint8 values must lie in 0..255, got {arr.min()}..{arr.max()}")
     batch = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
     return resize_uint8(batch, image_size)
 
@@ -97,16 +116,16 @@ def uint8_hwc_to_batch(arr: np.ndarray, where: str, image_size: int, limits: Cod
 def float_chw_to_batch(arr: np.ndarray, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
     """Float (N, 3, H, W) in [0, 1] -> (N, 3, S, S) uint8, so floats share the uint8 path."""
     if arr.dtype.kind != "f":
-        raise InvalidInput(f"{where}: float tensor must hold numbers in [0, 1], got dtype {arr.dtype}")
+        raise Rejected("bad_dtype", f"{where}: float tensor must hold numbers in [0, 1], got dtype {arr.dtype}")
     if arr.ndim != 4 or arr.shape[1] != 3:
-        raise InvalidInput(f"{where}: float tensor must have shape (3, H, W), got {tuple(arr.shape[1:])}")
+        raise Rejected("bad_shape", f"{where}: float tensor must have shape (3, H, W), got {tuple(arr.shape[1:])}")
     _check_pixels(int(arr.shape[2]), int(arr.shape[3]), where, limits)
     if not np.isfinite(arr).all():
-        raise InvalidInput(f"{where}: float tensor contains NaN or infinity; values must lie in [0, 1]")
+        raise Rejected("bad_dtype", f"{where}: float tensor contains NaN or infinity; values must lie in [0, 1]")
     try:
         batch = float_chw_to_uint8(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
     except ValueError as exc:
-        raise InvalidInput(f"{where}: {exc}") from exc
+        raise Rejected("bad_dtype", f"{where}: {exc}") from exc
     return resize_uint8(batch, image_size)
 
 
@@ -114,9 +133,9 @@ def _as_array(value: Any, where: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"{where}: not a rectangular numeric tensor ({exc})") from exc
+        raise Rejected("bad_shape", f"{where}: not a rectangular numeric tensor ({exc})") from exc
     if arr.dtype.kind not in "iuf":
-        raise InvalidInput(f"{where}: tensor must hold numbers, got {arr.dtype} values")
+        raise Rejected("bad_dtype", f"{where}: tensor must hold numbers, got {arr.dtype} values")
     return arr
 
 
@@ -130,30 +149,34 @@ def _v1_instance(instance: Any, where: str, image_size: int, limits: CodecLimits
         if payload is None and isinstance(instance.get("image_bytes"), dict):
             field, payload = "image_bytes.b64", instance["image_bytes"].get("b64")
         if not isinstance(payload, str):
-            raise InvalidInput(
+            raise Rejected(
+                "malformed_json",
                 f"{where}: expected {{'b64': <base64 image>}} or {{'image_bytes': {{'b64': ...}}}}, "
-                f"got keys {sorted(instance)}"
+                f"got keys {sorted(instance)}",
             )
         data = _b64decode(payload, f"{where}.{field}", limits)
         return decode_encoded_image(data, f"{where}.{field}", image_size, limits).unsqueeze(0)
     if isinstance(instance, list):
         arr = _as_array(instance, where)
         if arr.ndim != 3:
-            raise InvalidInput(
-                f"{where}: tensor must be uint8 (H, W, 3) or float (3, H, W), got shape {tuple(arr.shape)}"
+            raise Rejected(
+                "bad_shape", f"{where}: tensor must be uint8 (H, W, 3) or float (3, H, W), got shape {tuple(arr.shape)}"
             )
         # JSON has no dtypes: integers mean uint8 HWC, any decimal point means float CHW in [0, 1].
         if arr.dtype.kind in "iu":
             return uint8_hwc_to_batch(arr[None], where, image_size, limits)
         return float_chw_to_batch(arr[None], where, image_size, limits)
-    raise InvalidInput(f"{where}: expected an object with 'b64' or a nested list tensor, got {type(instance).__name__}")
+    raise Rejected(
+        "malformed_json",
+        f"{where}: expected an object with 'b64' or a nested list tensor, got {type(instance).__name__}",
+    )
 
 
 def decode_v1(body: Any, image_size: int, limits: CodecLimits) -> torch.Tensor:
     """`{"instances": [...]}` (or the TF-Serving style `{"inputs": [...]}`) -> (N, 3, S, S) uint8."""
     key = "instances" if isinstance(body, dict) and "instances" in body else "inputs"
     if not isinstance(body, dict) or not isinstance(body.get(key), list):
-        raise InvalidInput("request body must be a JSON object with an 'instances' list")
+        raise Rejected("malformed_json", "request body must be a JSON object with an 'instances' list")
     instances: list[Any] = body[key]
     _check_batch(len(instances), key, limits)
     return torch.cat([_v1_instance(inst, f"{key}[{i}]", image_size, limits) for i, inst in enumerate(instances)])
@@ -174,14 +197,22 @@ def _flatten(values: Any) -> list[Any]:
 
 
 def _v2_data(inp: InferInput) -> Any:
-    return inp.data if inp.data is not None else inp.as_numpy()
+    # Binary extension (REST) and gRPC raw_input_contents carry the tensor as raw bytes; JSON as `data`.
+    if inp._raw_data is not None:
+        try:
+            return inp.as_numpy()
+        except ValueError as exc:
+            raise Rejected("bad_shape", f"raw tensor data does not fit shape {list(inp.shape)}: {exc}") from exc
+    return inp.data
 
 
 def _v2_bytes(inp: InferInput, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
     elements = _flatten(_v2_data(inp))
     declared = math.prod(inp.shape) if inp.shape else 0
     if declared != len(elements):
-        raise InvalidInput(f"{where}: shape {inp.shape} declares {declared} images but data holds {len(elements)}")
+        raise Rejected(
+            "bad_shape", f"{where}: shape {inp.shape} declares {declared} images but data holds {len(elements)}"
+        )
     _check_batch(len(elements), where, limits)
     images = []
     for i, element in enumerate(elements):
@@ -192,7 +223,7 @@ def _v2_bytes(inp: InferInput, where: str, image_size: int, limits: CodecLimits)
             # gRPC and the binary extension carry raw bytes, which may be base64 text or the image itself.
             data = _raw_or_base64(bytes(element))
         else:
-            raise InvalidInput(f"{item}: expected a base64 string, got {type(element).__name__}")
+            raise Rejected("bad_dtype", f"{item}: expected a base64 string, got {type(element).__name__}")
         images.append(decode_encoded_image(data, item, image_size, limits))
     return torch.stack(images)
 
@@ -211,13 +242,15 @@ def _v2_tensor(inp: InferInput, where: str, image_size: int, limits: CodecLimits
     if len(shape) == 3:
         shape = [1, *shape]
     if len(shape) != 4 or min(shape) < 0 or (shape[3] if channels_last else shape[1]) != 3:
-        raise InvalidInput(f"{where}: {inp.datatype} shape must be {expected}, got {list(inp.shape)}")
+        raise Rejected("bad_shape", f"{where}: {inp.datatype} shape must be {expected}, got {list(inp.shape)}")
     _check_batch(shape[0], where, limits)
     height, width = (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
     _check_pixels(height, width, where, limits)
     arr = _as_array(_v2_data(inp), f"{where}.data")
     if arr.size != math.prod(shape):
-        raise InvalidInput(f"{where}: shape {list(inp.shape)} needs {math.prod(shape)} values, data holds {arr.size}")
+        raise Rejected(
+            "bad_shape", f"{where}: shape {list(inp.shape)} needs {math.prod(shape)} values, data holds {arr.size}"
+        )
     arr = arr.reshape(shape)
     if channels_last:
         return uint8_hwc_to_batch(arr, where, image_size, limits)
@@ -228,11 +261,13 @@ def decode_v2(request: InferRequest, image_size: int, limits: CodecLimits) -> to
     """An InferRequest with one BYTES, UINT8 or FP32 input -> (N, 3, S, S) uint8."""
     inputs: Sequence[InferInput] = request.inputs or []
     if len(inputs) != 1:
-        raise InvalidInput(f"inputs: expected exactly one input tensor, got {len(inputs)}")
+        raise Rejected("bad_shape", f"inputs: expected exactly one input tensor, got {len(inputs)}")
     inp = inputs[0]
     where = f"inputs[0] ({inp.name!r})"
     if inp.datatype == "BYTES":
         return _v2_bytes(inp, where, image_size, limits)
     if inp.datatype in ("UINT8", "FP32"):
         return _v2_tensor(inp, where, image_size, limits)
-    raise InvalidInput(f"{where}: datatype {inp.datatype} is not supported; use one of {SUPPORTED_V2_DATATYPES}")
+    raise Rejected(
+        "bad_dtype", f"{where}: datatype {inp.datatype} is not supported; use one of {SUPPORTED_V2_DATATYPES}"
+    )

@@ -1,15 +1,20 @@
 """The KServe predictor: registry model in, V1/V2 predictions out.
 
-Only `load`, `preprocess`, `predict` and `postprocess` are overridden, so KServe's own
-`__call__` times each stage into its Prometheus histograms (request_*_seconds).
+`load`, `preprocess`, `predict` and `postprocess` are KServe's stages, so KServe's own
+`__call__` times each into its Prometheus histograms (request_*_seconds). Beside them:
+`predict` goes through the in-process batcher, `reload` swaps in a new champion between two
+forward passes (in-flight requests finish on the model they started with), and the
+tsr_* metrics and drift gauges are updated on the way (serving/monitoring/metrics.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import os
-import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +24,24 @@ import numpy as np
 import orjson
 import torch
 from kserve import Model
-from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from torch import nn
 
-from serving.codec import CodecLimits, decode_v1, decode_v2
+from serving.batcher import BatchingConfig, DynamicBatcher
+from serving.codec import CodecLimits, Rejected, decode_v1, decode_v2
+from serving.guard import note_rejection
+from serving.monitoring.metrics import CHANNELS, PredictorMetrics, default_metrics
 from tsr.config import StoreConfig, state_dir
+from tsr.drift import DriftMonitor, InputReference
 from tsr.models import ModelConfig, load_model_dir
-from tsr.preprocessing import to_model_input
-from tsr.registry import materialize, parse_model_spec
+from tsr.preprocessing import resize_uint8, to_model_input
+from tsr.registry import Registry, materialize, parse_model_spec
 
 log = logging.getLogger(__name__)
 
 TOP_K = 3
+# Bodies up to this size are decoded on the event loop; a 64 KiB body is at most a few ms of work.
+INLINE_DECODE_BYTES = 64 * 1024
 
 
 def default_cache_dir() -> Path:
@@ -47,6 +57,31 @@ class ModelSource:
     cache_dir: Path = field(default_factory=default_cache_dir)
 
 
+@dataclass(frozen=True)
+class PredictorOptions:
+    """How the predictor runs; `tsr serve` / `python -m serving` flags map onto these one to one."""
+
+    limits: CodecLimits = field(default_factory=CodecLimits)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    threads: int = 0  # torch intra-op threads; 0 = every core this process may use
+    reload_interval_s: float = 0.0  # poll the registry alias this often; 0 = only on POST .../load
+    drift_window: int = 1000  # images in the rolling drift window
+    drift_min_images: int = 100  # PSI is NaN until the window holds this many
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One loaded model and everything that must change together with it on a reload."""
+
+    model: nn.Module
+    config: ModelConfig
+    uri: str
+    version: str | None  # registry version id; None for a local directory
+    directory: Path
+    drift: DriftMonitor | None  # None for models trained before input references existed
+    loaded_at: float
+
+
 class PreparedBatch(TypedDict):
     """What preprocess hands to predict; a dict because kserve's `validate` probes it with `in`."""
 
@@ -59,6 +94,7 @@ class BatchResult(TypedDict):
     probabilities: torch.Tensor  # (N, C) float32
     protocol: str
     request: InferRequest | None
+    model: LoadedModel  # the model that produced these rows (a reload may have happened since)
 
 
 def resolve_threads(threads: int) -> int:
@@ -72,73 +108,266 @@ def resolve_threads(threads: int) -> int:
 
 
 class TSRPredictor(Model):
-    """A GTSRB classifier behind KServe's V1 and V2 REST protocols."""
+    """A GTSRB classifier behind KServe's V1 and V2 (REST and gRPC) protocols."""
 
-    def __init__(self, name: str, source: ModelSource, limits: CodecLimits | None = None, threads: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: ModelSource,
+        options: PredictorOptions | None = None,
+        metrics: PredictorMetrics | None = None,
+    ) -> None:
         super().__init__(name)
         self.source = source
-        self.limits = limits or CodecLimits()
-        self.threads = resolve_threads(threads)
-        self.model_uri: str | None = None
-        self.model_version: str | None = None  # registry version id; None for a local directory
-        self.model_dir: Path | None = None
-        self._model: nn.Module | None = None
-        self._config: ModelConfig | None = None
-        # One forward pass at a time: concurrent passes would each claim every intra-op thread.
-        self._forward_lock = threading.Lock()
+        self.options = options or PredictorOptions()
+        self.limits = self.options.limits
+        self.threads = resolve_threads(self.options.threads)
+        self.metrics = metrics or default_metrics()
+        self._loaded: LoadedModel | None = None
+        self._reload_lock = asyncio.Lock()
+        self._watch_task: asyncio.Task[None] | None = None
+        self.batcher: DynamicBatcher[LoadedModel] = DynamicBatcher(
+            self._forward, self.options.batching, self._observe_batch
+        )
+        self.engine = True  # asks KServe to call start_engine()/stop_engine(): the reload watcher
+        self._export_drift_gauges()
+
+    # ---- the model being served ----------------------------------------------------------------
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self._loaded
 
     @property
     def config(self) -> ModelConfig:
-        if self._config is None:
-            raise RuntimeError(f"model {self.name!r} is not loaded")
-        return self._config
+        return self.loaded.config
 
-    def load(self) -> bool:
-        """Resolve, download and checksum-verify the model; `ready` only turns True if all of that worked."""
-        self.ready = False
+    @property
+    def model_uri(self) -> str | None:
+        return self._loaded.uri if self._loaded else None
+
+    @property
+    def model_version(self) -> str | None:
+        return self._loaded.version if self._loaded else None
+
+    @property
+    def model_dir(self) -> Path | None:
+        return self._loaded.directory if self._loaded else None
+
+    def _load_from_source(self) -> LoadedModel:
+        """Resolve, download, checksum-verify and warm up; nothing is swapped in here."""
         spec = parse_model_spec(self.source.spec, self.name)
         model_dir, uri = materialize(spec, self.source.store, self.source.cache_dir)
         model, config = load_model_dir(model_dir)
-        torch.set_num_threads(self.threads)
-        self._model, self._config = model, config
-        self.model_dir, self.model_uri = model_dir, uri
+        drift = None
+        if config.input_reference:
+            reference = InputReference.from_dict(config.input_reference)
+            drift = DriftMonitor(reference, self.options.drift_window, self.options.drift_min_images)
+        else:
+            log.warning("model %s has no input reference: drift gauges stay empty", uri)
         # The alias was resolved to an immutable version: report that, not "champion".
-        self.model_version = uri.rstrip("/").rsplit("/", 1)[-1] if spec.needs_store else None
+        version = uri.rstrip("/").rsplit("/", 1)[-1] if spec.needs_store else None
+        loaded = LoadedModel(model, config, uri, version, model_dir, drift, time.time())
         size = config.preprocess.image_size
-        self._forward(torch.zeros(1, 3, size, size, dtype=torch.uint8))  # warm-up: first request is not slow
-        log.info("model %s loaded from %s (%s, %d threads)", self.name, uri, config.arch, self.threads)
+        self._run_model(loaded, torch.zeros(1, 3, size, size, dtype=torch.uint8))  # warm-up
+        return loaded
+
+    def _activate(self, loaded: LoadedModel) -> None:
+        previous = self._loaded
+        self._loaded = loaded  # one reference assignment: the next forward pass uses the new model
+        m = self.metrics
+        m.model_info.labels(self.name).info(
+            {
+                "version": loaded.version or "local",
+                "arch": loaded.config.arch,
+                "torch_version": torch.__version__,
+                "uri": loaded.uri,
+            }
+        )
+        m.model_loaded.labels(self.name).set(loaded.loaded_at)
+        reference = loaded.drift.reference.channel_mean if loaded.drift else (math.nan,) * 3
+        for channel, value in zip(CHANNELS, reference, strict=True):
+            m.reference_channel_mean.labels(self.name, channel).set(value)
+        log.info(
+            "model %s serving %s (%s, %d threads)%s",
+            self.name,
+            loaded.uri,
+            loaded.config.arch,
+            self.threads,
+            f", replaced {previous.uri}" if previous else "",
+        )
+
+    def load(self) -> bool:
+        """Load and verify the model; `ready` only turns True if all of that worked."""
+        self.ready = False
+        torch.set_num_threads(self.threads)
+        self._activate(self._load_from_source())
         self.ready = True
         return self.ready
 
+    async def reload(self) -> bool:
+        """Load the source again (the alias may point elsewhere now); True if the model changed.
+
+        Serving goes on with the old model while the new one downloads and warms up; a failed
+        reload keeps the old model and raises.
+        """
+        async with self._reload_lock:
+            try:
+                spec = parse_model_spec(self.source.spec, self.name)
+                if spec.needs_store and self._loaded is not None and self._loaded.version is not None:
+                    current = await asyncio.to_thread(self._resolve_version)
+                    if current == self._loaded.version:
+                        return False
+                loaded = await asyncio.to_thread(self._load_from_source)
+            except Exception:
+                self.metrics.reloads.labels(self.name, "failure").inc()
+                raise
+            changed = self._loaded is None or loaded.uri != self._loaded.uri or not spec.needs_store
+            if changed:
+                self._activate(loaded)
+                self.metrics.reloads.labels(self.name, "success").inc()
+            self.ready = True
+            return changed
+
+    def _resolve_version(self) -> str:
+        spec = parse_model_spec(self.source.spec, self.name)
+        if self.source.store is None:
+            raise RuntimeError("a registry model needs a store")
+        return Registry.from_config(self.source.store, spec.bucket).resolve(spec.name, spec.ref)
+
+    async def _watch(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if await self.reload():
+                    log.info("model %s: champion changed, now %s", self.name, self.model_uri)
+            except Exception as exc:  # keep serving the old model; the metric and the log say why
+                log.warning("model %s: reload failed, still serving %s: %s", self.name, self.model_uri, exc)
+
+    async def start_engine(self) -> None:
+        """KServe calls this inside the server's event loop: start polling the registry alias."""
+        interval = self.options.reload_interval_s
+        if interval > 0 and parse_model_spec(self.source.spec, self.name).needs_store:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch(interval), name="tsr-reload")
+
+    def stop_engine(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        self.batcher.close()
+        self.ready = False
+
+    # ---- KServe stages -------------------------------------------------------------------------
+
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> PreparedBatch:
         size = self.config.preprocess.image_size
-        if isinstance(payload, InferRequest):
-            images = await asyncio.to_thread(decode_v2, payload, size, self.limits)
-            return PreparedBatch(images=images, protocol="v2", request=payload)
-        if isinstance(payload, bytes | str):
-            # kserve passes the body through undecoded when the content-type is not JSON (curl -d).
-            try:
-                payload = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
-        images = await asyncio.to_thread(decode_v1, payload, size, self.limits)
-        return PreparedBatch(images=images, protocol="v1", request=None)
+        try:
+            if isinstance(payload, InferRequest):
+                images = await self._decode(decode_v2, payload, size, headers)
+                protocol = "v2"
+            else:
+                if isinstance(payload, bytes | str):
+                    # kserve passes the body through undecoded when the content-type is not JSON (curl -d).
+                    try:
+                        payload = orjson.loads(payload)
+                    except orjson.JSONDecodeError as exc:
+                        raise Rejected("malformed_json", f"request body is not valid JSON: {exc}") from exc
+                images = await self._decode(decode_v1, payload, size, headers)
+                payload, protocol = None, "v1"
+        except Rejected as exc:
+            if not note_rejection(exc.category):  # gRPC: no HTTP middleware to count it
+                self.metrics.rejected.labels(self.name, exc.category).inc()
+            raise
+        self.metrics.request_images.labels(self.name, protocol).observe(images.shape[0])
+        return PreparedBatch(images=images, protocol=protocol, request=payload)
 
     async def predict(
         self, payload: PreparedBatch, headers: dict[str, str] | None = None, response_headers: Any = None
     ) -> BatchResult:
-        probabilities = await asyncio.to_thread(self._forward, payload["images"])
-        return BatchResult(probabilities=probabilities, protocol=payload["protocol"], request=payload["request"])
+        probabilities, model = await self.batcher.submit(payload["images"])
+        return BatchResult(
+            probabilities=probabilities, protocol=payload["protocol"], request=payload["request"], model=model
+        )
 
     async def postprocess(
         self, result: Any, headers: dict[str, str] | None = None, response_headers: Any = None
     ) -> dict[str, Any] | InferResponse:
         probs: torch.Tensor = result["probabilities"]
+        model: LoadedModel = result["model"]
+        self._count_predictions(probs, model)
         if result["protocol"] == "v2":
-            return self._v2_response(probs, result["request"])
-        return {"predictions": self.describe(probs)}
+            return self._v2_response(probs, result["request"], model)
+        return {"predictions": self.describe(probs, model.config.class_names)}
 
-    # ---- helpers -------------------------------------------------------------------------------
+    async def _decode(self, decode: Any, payload: Any, size: int, headers: dict[str, str] | None) -> torch.Tensor:
+        """Small HTTP bodies decode on the loop (a thread hop would cost more than the decode);
+        anything larger, or of unknown size (gRPC), in a worker thread."""
+        length = (headers or {}).get("content-length", "")
+        if length.isdigit() and int(length) <= INLINE_DECODE_BYTES:
+            images: torch.Tensor = decode(payload, size, self.limits)
+            return images
+        return await asyncio.to_thread(decode, payload, size, self.limits)
+
+    # ---- forward pass and metrics --------------------------------------------------------------
+
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, LoadedModel]:
+        """Runs in the batcher's thread: one pass of the model current at the start of the pass."""
+        loaded = self.loaded
+        size = loaded.config.preprocess.image_size
+        if images.shape[-1] != size or images.shape[-2] != size:
+            images = resize_uint8(images, size)  # decoded for a model with another input size (reload)
+        if loaded.drift is not None:
+            loaded.drift.update(images)
+        return self._run_model(loaded, images), loaded
+
+    @staticmethod
+    def _run_model(loaded: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, S, S) -> softmax probabilities, via the one shared preprocessing path."""
+        with torch.inference_mode():
+            logits = loaded.model(to_model_input(images, loaded.config.preprocess))
+            return torch.softmax(logits.float(), dim=1)
+
+    def _observe_batch(self, images: int, waits: list[float]) -> None:
+        self.metrics.batch_size.labels(self.name).observe(images)
+        queue = self.metrics.queue_seconds.labels(self.name)
+        for wait in waits:
+            queue.observe(wait)
+
+    def _count_predictions(self, probs: torch.Tensor, model: LoadedModel) -> None:
+        version = model.version or "local"
+        top_p, top_i = probs.max(dim=1)
+        names = model.config.class_names
+        counts = torch.bincount(top_i, minlength=len(names)).tolist()
+        for class_id, count in enumerate(counts):
+            if count:
+                self.metrics.predictions.labels(self.name, version, str(class_id), names[class_id]).inc(count)
+        confidence = self.metrics.confidence.labels(self.name, version)
+        for p in top_p.tolist():
+            confidence.observe(p)
+
+    def _export_drift_gauges(self) -> None:
+        """Drift gauges are computed when Prometheus scrapes, not on every request."""
+        m = self.metrics
+
+        def channel(i: int) -> float:
+            snap = self._drift_snapshot()
+            return snap.channel_mean[i] if snap is not None and snap.channel_mean is not None else math.nan
+
+        for i, name in enumerate(CHANNELS):
+            m.channel_mean.labels(self.name, name).set_function(functools.partial(channel, i))
+        m.drift_psi.labels(self.name).set_function(
+            lambda: snap.psi if (snap := self._drift_snapshot()) is not None else math.nan
+        )
+        m.drift_window.labels(self.name).set_function(
+            lambda: float(snap.images) if (snap := self._drift_snapshot()) is not None else 0.0
+        )
+
+    def _drift_snapshot(self) -> Any:
+        loaded = self._loaded
+        return loaded.drift.snapshot() if loaded is not None and loaded.drift is not None else None
+
+    # ---- responses -----------------------------------------------------------------------------
 
     def get_input_types(self) -> list[dict[str, Any]]:
         """V2 metadata lists the image input; UINT8 [N,H,W,3] and FP32 [N,3,H,W] tensors work too (README)."""
@@ -154,16 +383,8 @@ class TSRPredictor(Model):
             {"name": "top_k_probability", "datatype": "FP32", "shape": [-1, k]},
         ]
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, S, S) -> softmax probabilities, via the one shared preprocessing path."""
-        if self._model is None or self._config is None:
-            raise RuntimeError(f"model {self.name!r} is not loaded")
-        with self._forward_lock, torch.inference_mode():
-            logits = self._model(to_model_input(images, self._config.preprocess))
-            return torch.softmax(logits.float(), dim=1)
-
-    def describe(self, probs: torch.Tensor) -> list[dict[str, Any]]:
-        names = self.config.class_names
+    @staticmethod
+    def describe(probs: torch.Tensor, names: list[str]) -> list[dict[str, Any]]:
         k = min(TOP_K, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
         out = []
@@ -172,23 +393,30 @@ class TSRPredictor(Model):
             out.append({**top[0], "top_k": top})
         return out
 
-    def _v2_response(self, probs: torch.Tensor, request: InferRequest | None) -> InferResponse:
-        names = self.config.class_names
+    def _v2_response(self, probs: torch.Tensor, request: InferRequest | None, model: LoadedModel) -> InferResponse:
+        names = model.config.class_names
         n = probs.shape[0]
         k = min(TOP_K, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
         class_ids = top_i[:, 0].to(torch.int64).numpy()
-        outputs = [
-            InferOutput("class_id", [n], "INT64", class_ids),
-            InferOutput("probability", [n], "FP32", top_p[:, 0].to(torch.float32).numpy()),
-            InferOutput("class_name", [n], "BYTES", np.array([names[i] for i in class_ids], dtype=np.object_)),
-            InferOutput("top_k_class_id", [n, k], "INT64", top_i.to(torch.int64).numpy()),
-            InferOutput("top_k_probability", [n, k], "FP32", top_p.to(torch.float32).numpy()),
-        ]
+        arrays = {
+            "class_id": ("INT64", class_ids),
+            "probability": ("FP32", top_p[:, 0].to(torch.float32).numpy()),
+            "class_name": ("BYTES", np.array([names[i] for i in class_ids], dtype=np.object_)),
+            "top_k_class_id": ("INT64", top_i.to(torch.int64).numpy()),
+            "top_k_probability": ("FP32", top_p.to(torch.float32).numpy()),
+        }
+        # gRPC and the REST binary extension want raw bytes; plain REST wants JSON lists.
+        binary = bool(request is not None and (request.from_grpc or request.use_binary_outputs))
+        outputs = []
+        for name, (datatype, array) in arrays.items():
+            output = InferOutput(name, list(array.shape), datatype)
+            output.set_data_from_numpy(array, binary_data=binary)
+            outputs.append(output)
         return InferResponse(
             response_id=(request.id if request is not None and request.id else str(uuid.uuid4())),
             model_name=self.name,
-            model_version=self.model_version,
+            model_version=model.version,
             infer_outputs=outputs,
             use_binary_outputs=bool(request is not None and request.use_binary_outputs),
             requested_outputs=request.request_outputs if request is not None else None,

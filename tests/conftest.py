@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tsr.config import REPO_ROOT, StoreConfig
+from tsr.drift import build_reference
 from tsr.gtsrb import CLASS_NAMES
 from tsr.local_minio import LocalMinio, find_minio_binary
 from tsr.models import ModelConfig, build_model, save_model_dir
@@ -87,10 +88,20 @@ def minio_server(tmp_path: Path, minio_binary: Path) -> Iterator[LocalMinio]:
 
 
 def make_model_dir(path: Path, seed: int = 0, export_program: bool = False) -> Path:
-    """An untrained (random) tsrnet model directory: enough for format and protocol tests."""
+    """An untrained (random) tsrnet model directory: enough for format and protocol tests.
+
+    Its drift reference is that of uniform random images, so real photos read as drifted.
+    """
     torch.manual_seed(seed)
     model = build_model("tsrnet", len(CLASS_NAMES), width=8)
-    config = ModelConfig(arch="tsrnet", class_names=list(CLASS_NAMES), preprocess=PreprocessConfig(), width=8)
+    reference = build_reference(torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8))
+    config = ModelConfig(
+        arch="tsrnet",
+        class_names=list(CLASS_NAMES),
+        preprocess=PreprocessConfig(),
+        width=8,
+        input_reference=reference.to_dict(),
+    )
     save_model_dir(model, config, path, export_program=export_program)
     return path
 

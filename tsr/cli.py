@@ -18,9 +18,11 @@ app = typer.Typer(help="Traffic-sign recognition platform: pipeline, registry, s
 store_app = typer.Typer(help="The object store (embedded MinIO by default).", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Compile or run the KFP training pipeline.", no_args_is_help=True)
 models_app = typer.Typer(help="Browse the model registry.", no_args_is_help=True)
+prometheus_app = typer.Typer(help="The local Prometheus the demo leaves running.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(models_app, name="models")
+app.add_typer(prometheus_app, name="prometheus")
 
 err = Console(stderr=True)
 # Wide enough for the demo tables when stdout is a pipe or a log file (rich assumes 80 columns).
@@ -67,6 +69,15 @@ def store_stop() -> None:
 
     local_minio().stop()
     err.print("embedded MinIO stopped")
+
+
+@prometheus_app.command("stop")
+def prometheus_stop() -> None:
+    """Stop the Prometheus that `tsr demo` left running (state in <state>/prometheus)."""
+    from tsr.local_prometheus import stop_recorded
+
+    stopped = stop_recorded(state_dir() / "prometheus")
+    err.print("local Prometheus stopped" if stopped else "no local Prometheus was running")
 
 
 # ---- data, training, evaluation ---------------------------------------------------------------------
@@ -140,8 +151,13 @@ def serve(
         str, typer.Option(help="name in the URL and, for champion/latest, in the registry")
     ] = DEFAULT_MODEL_NAME,
     threads: Annotated[int, typer.Option(help="torch threads (0 = all cores)")] = 0,
+    grpc_port: Annotated[int | None, typer.Option(help="also serve V2 over gRPC on this port")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass (1 = no batching)")] = 32,
+    batch_wait_ms: Annotated[float, typer.Option(help="extra wait for a fuller batch")] = 2.0,
+    reload_interval: Annotated[float, typer.Option(help="seconds between champion checks (0 = off)")] = 0.0,
+    max_request_bytes: Annotated[int, typer.Option(help="largest HTTP body accepted")] = 64 * 1024 * 1024,
 ) -> None:
-    """Serve a model with the KServe model server (V1 and V2 REST)."""
+    """Serve a model with the KServe model server (V1 and V2 REST, optional gRPC, /metrics)."""
     from serving.server import ServeConfig
     from serving.server import serve as run_server
 
@@ -149,7 +165,18 @@ def serve(
         spec = parse_model_spec(model, model_name)
     except (ValueError, RegistryError) as exc:
         fail(str(exc))
-    cfg = ServeConfig(model=model, model_name=model_name, http_port=http_port, threads=threads, cache_dir=_cache_dir())
+    cfg = ServeConfig(
+        model=model,
+        model_name=model_name,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        threads=threads,
+        cache_dir=_cache_dir(),
+        batch_size=batch_size,
+        batch_wait_ms=batch_wait_ms,
+        reload_interval_s=reload_interval,
+        max_request_bytes=max_request_bytes,
+    )
     if spec.needs_store:
         with _store_session() as store:
             run_server(cfg, store)

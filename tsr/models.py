@@ -104,6 +104,9 @@ class ModelConfig:
     preprocess: PreprocessConfig
     width: int = 16
     train_params: dict[str, Any] = field(default_factory=dict)
+    # The training data's brightness distribution (tsr.drift.InputReference.to_dict()): the
+    # predictor's drift baseline, carried with the weights so it always matches the model.
+    input_reference: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -124,6 +127,7 @@ class ModelConfig:
                 preprocess=PreprocessConfig.from_dict(data["preprocess"]),
                 width=int(data.get("width", 16)),
                 train_params=dict(data.get("train_params", {})),
+                input_reference=dict(data["input_reference"]) if data.get("input_reference") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid model config: {exc!r}") from exc

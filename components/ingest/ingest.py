@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tsr.config import StoreConfig
+from tsr.drift import build_reference
 from tsr.gtsrb import CLASS_NAMES, TRAIN_FILE_RE
 from tsr.preprocessing import ImageDecodeError, channel_stats, decode_image, image_to_uint8
 from tsr.store import open_store, split_s3_uri
@@ -372,6 +373,7 @@ def make_data_card(
         "image_size": config.image_size,
         "channel_mean": [round(v, 6) for v in stats.mean()],
         "channel_std": [round(v, 6) for v in stats.std()],
+        "input_reference": build_reference(train.images).to_dict(),
         "fingerprint": {"algorithm": "sha256", "value": loaded.fingerprint, "files": len(listing.samples)},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

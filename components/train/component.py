@@ -34,7 +34,12 @@ def train_component(
         metrics.log_metric(f"epoch{log.epoch:02d}_val_accuracy", round(log.val_accuracy, 5))
 
     result = train(
-        load_split(data_dir / TRAIN_FILE), load_split(data_dir / VAL_FILE), card["class_names"], cfg, log_epoch
+        load_split(data_dir / TRAIN_FILE),
+        load_split(data_dir / VAL_FILE),
+        card["class_names"],
+        cfg,
+        log_epoch,
+        input_reference=card.get("input_reference"),
     )
     write_model(result, Path(model.path))
     metrics.log_metric("train_seconds", round(result.train_seconds, 1))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.ingest.ingest import Split
+from tsr.drift import build_reference
 from tsr.models import DEFAULT_ARCH, ModelConfig, build_model, save_model_dir
 from tsr.preprocessing import PreprocessConfig, channel_stats, prepare, standardize
 
@@ -145,6 +146,7 @@ def train(
     cfg: TrainConfig,
     on_epoch: Callable[[EpochLog], None] | None = None,
     show_progress: bool | None = None,
+    input_reference: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train from scratch and return the eval-mode model with its config and history."""
     if len(train_split) == 0:
@@ -235,6 +237,8 @@ def train(
         preprocess=pre,
         width=cfg.width,
         train_params={**asdict(cfg), "threads_used": torch.get_num_threads()},
+        # The data card's reference when there is one; else the same statistic of this split.
+        input_reference=input_reference or build_reference(train_split.images).to_dict(),
     )
     return TrainResult(model, config, history, elapsed, seen / elapsed if elapsed else 0.0)
 

@@ -23,6 +23,7 @@ from components.ingest.ingest import (
     split_by_group,
 )
 from tsr.config import StoreConfig
+from tsr.drift import InputReference, build_reference
 from tsr.store import S3Store
 
 
@@ -37,6 +38,10 @@ def test_gtsrb_ingest_splits_by_track_and_writes_a_data_card(gtsrb_small: Path, 
     assert card["counts"]["train"] == torch.bincount(train.labels, minlength=43).tolist()
     assert len(card["fingerprint"]["value"]) == 64
     assert all(0 < m < 1 for m in card["channel_mean"]) and all(0 < s < 1 for s in card["channel_std"])
+    # The drift baseline: decile bins of per-image brightness of the training split.
+    reference = InputReference.from_dict(card["input_reference"])
+    assert reference.images == len(train) and sum(reference.fractions) == pytest.approx(1.0, abs=1e-4)
+    assert reference.to_dict() == build_reference(train.images).to_dict()
     assert card["original_size"]["width"]["max"] == 32
     assert json.loads((tmp_path / CARD_FILE).read_text())["split_strategy"] == "by-track"
 

@@ -10,6 +10,7 @@ import torch
 
 from components.ingest.ingest import TRAIN_FILE, VAL_FILE, IngestConfig, ingest, load_split
 from components.train.train import TrainConfig, augment, train, write_model
+from tsr.drift import build_reference
 from tsr.models import PROGRAM_FILE, load_model_dir
 from tsr.preprocessing import to_model_input
 
@@ -32,6 +33,7 @@ def test_training_learns_and_writes_a_loadable_model(small_dataset: Path, tmp_pa
     write_model(result, tmp_path / "model")
     model, config = load_model_dir(tmp_path / "model")
     assert config.class_names == names and config.train_params["epochs"] == 3
+    assert config.input_reference == build_reference(tr.images).to_dict()  # the predictor's drift baseline
     assert (tmp_path / "model" / PROGRAM_FILE).is_file()
     history = json.loads((tmp_path / "model" / "history.json").read_text())
     assert len(history["epochs"]) == 3

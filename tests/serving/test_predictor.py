@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
+from prometheus_client import CollectorRegistry
 
-from serving.predictor import ModelSource, TSRPredictor
+from serving.batcher import BatchingConfig
+from serving.monitoring.metrics import PredictorMetrics
+from serving.predictor import ModelSource, PredictorOptions, TSRPredictor
+from tests.conftest import make_model_dir
 from tsr.config import StoreConfig
 from tsr.models import WEIGHTS_FILE, load_model_dir
 from tsr.preprocessing import load_image_file, to_model_input
@@ -40,7 +47,7 @@ def _direct(model_dir: Path, paths: list[Path]) -> torch.Tensor:
 
 
 def test_v1_output_equals_direct_model_call(tiny_model_dir: Path, images: list[Path]) -> None:
-    predictor = TSRPredictor("gtsrb-classifier", ModelSource(str(tiny_model_dir)), threads=1)
+    predictor = TSRPredictor("gtsrb-classifier", ModelSource(str(tiny_model_dir)), PredictorOptions(threads=1))
     assert not predictor.ready
     assert predictor.load() and predictor.ready
     assert predictor.model_uri == str(tiny_model_dir.resolve()) and predictor.model_version is None
@@ -59,7 +66,7 @@ def test_v1_output_equals_direct_model_call(tiny_model_dir: Path, images: list[P
 
 
 def test_v2_response_serializes_and_matches(tiny_model_dir: Path, images: list[Path]) -> None:
-    predictor = TSRPredictor("gtsrb-classifier", ModelSource(str(tiny_model_dir)), threads=1)
+    predictor = TSRPredictor("gtsrb-classifier", ModelSource(str(tiny_model_dir)), PredictorOptions(threads=1))
     predictor.load()
     data = [base64.b64encode(p.read_bytes()).decode() for p in images]
     request = InferRequest(
@@ -96,7 +103,9 @@ def test_registry_champion_and_uri_load(minio: StoreConfig, tiny_model_dir: Path
     name = "signs-test"
     version = _publish(minio, tiny_model_dir, name)
     for spec in ("champion", f"s3://models/{name}/{version}"):
-        predictor = TSRPredictor(name, ModelSource(spec, minio, tmp_path / spec.replace("/", "_")), threads=1)
+        predictor = TSRPredictor(
+            name, ModelSource(spec, minio, tmp_path / spec.replace("/", "_")), PredictorOptions(threads=1)
+        )
         assert predictor.load() and predictor.ready
         assert predictor.model_uri is not None and predictor.model_uri.endswith(f"{name}/{version}")
         assert predictor.model_version == version  # the alias is reported as the version it resolved to
@@ -111,7 +120,122 @@ def test_tampered_registry_object_is_refused(minio: StoreConfig, tiny_model_dir:
     name = "signs-test"
     version = _publish(minio, tiny_model_dir, name)
     S3Store(minio, "models").put_bytes(f"{name}/{version}/{WEIGHTS_FILE}", b"not the weights")
-    predictor = TSRPredictor(name, ModelSource("champion", minio, tmp_path / "cache"), threads=1)
+    predictor = TSRPredictor(name, ModelSource("champion", minio, tmp_path / "cache"), PredictorOptions(threads=1))
     with pytest.raises(RegistryError, match=WEIGHTS_FILE):
         predictor.load()
     assert not predictor.ready
+
+
+# ---- metrics, drift and hot reload -----------------------------------------------------------------
+
+
+def _sample(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> float:
+    value = registry.get_sample_value(name, labels)
+    assert value is not None, f"{name}{labels} not exported"
+    return value
+
+
+def _uint8_request(name: str, pixels: np.ndarray) -> InferRequest:
+    request = InferRequest(
+        model_name=name, infer_inputs=[InferInput(name="image", shape=list(pixels.shape), datatype="UINT8")]
+    )
+    request.inputs[0].set_data_from_numpy(pixels, binary_data=False)
+    return request
+
+
+def test_metrics_count_predictions_rejections_and_drift(tiny_model_dir: Path, images: list[Path]) -> None:
+    registry = CollectorRegistry()
+    options = PredictorOptions(threads=1, drift_window=50, drift_min_images=10)
+    predictor = TSRPredictor("m", ModelSource(str(tiny_model_dir)), options, PredictorMetrics.create(registry))
+    predictor.load()
+    labels = {"model": "m", "version": "local"}
+    assert _sample(registry, "tsr_model_info", {"model": "m", **_info_labels(registry)}) == 1.0
+    assert math.isnan(_sample(registry, "tsr_input_drift_psi", {"model": "m"}))  # nothing seen yet
+
+    body = {"instances": [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in images]}
+    predictions = _call(predictor, body)["predictions"]
+    classes = Counter(p["class_id"] for p in predictions)
+    for class_id, count in classes.items():
+        class_labels = {**labels, "class_id": str(class_id), "class_name": predictor.config.class_names[class_id]}
+        assert _sample(registry, "tsr_predictions_total", class_labels) == count
+    assert _sample(registry, "tsr_prediction_confidence_count", labels) == len(images)
+    assert _sample(registry, "tsr_request_images_sum", {"model": "m", "protocol": "v1"}) == len(images)
+    assert _sample(registry, "tsr_inference_batch_size_sum", {"model": "m"}) == len(images)
+
+    # Outside an HTTP request (as for gRPC) the predictor counts its own rejections, by reason.
+    with pytest.raises(InvalidInput):
+        _call(predictor, {"instances": []})
+    with pytest.raises(InvalidInput):
+        _call(predictor, {"instances": [{"b64": "%%%"}]})
+    assert _sample(registry, "tsr_requests_rejected_total", {"model": "m", "reason": "empty_batch"}) == 1
+    assert _sample(registry, "tsr_requests_rejected_total", {"model": "m", "reason": "undecodable_image"}) == 1
+
+    # Black images are far from the (uniform random) training reference: PSI far above 0.25.
+    _call(predictor, _uint8_request("m", np.zeros((20, 32, 32, 3), dtype=np.uint8)))
+    assert _sample(registry, "tsr_input_drift_window_images", {"model": "m"}) == len(images) + 20
+    assert _sample(registry, "tsr_input_drift_psi", {"model": "m"}) > 1.0
+    for channel in ("red", "green", "blue"):
+        observed = _sample(registry, "tsr_input_channel_mean", {"model": "m", "channel": channel})
+        reference = _sample(registry, "tsr_input_reference_channel_mean", {"model": "m", "channel": channel})
+        assert 0.0 <= observed < reference  # zeros pulled the window's brightness down
+        assert reference == pytest.approx(0.5, abs=0.02)  # uniform random pixels
+
+
+def _info_labels(registry: CollectorRegistry) -> dict[str, str]:
+    for metric in registry.collect():
+        if metric.name == "tsr_model":
+            for sample in metric.samples:
+                return {k: v for k, v in sample.labels.items() if k != "model"}
+    raise AssertionError("tsr_model_info not exported")
+
+
+def test_concurrent_requests_share_forward_passes(tiny_model_dir: Path, images: list[Path]) -> None:
+    registry = CollectorRegistry()
+    options = PredictorOptions(threads=1, batching=BatchingConfig(max_batch_size=64, max_wait_s=0.05))
+    predictor = TSRPredictor("m", ModelSource(str(tiny_model_dir)), options, PredictorMetrics.create(registry))
+    predictor.load()
+    body = {"instances": [{"b64": base64.b64encode(images[0].read_bytes()).decode()}]}
+
+    async def many() -> list[Any]:
+        return list(await asyncio.gather(*(predictor(body, headers={}) for _ in range(16))))
+
+    results = asyncio.run(many())
+    first = results[0][0]["predictions"][0]
+    assert all(r[0]["predictions"][0] == first for r in results)  # each caller gets its own row back
+    passes = _sample(registry, "tsr_inference_batch_size_count", {"model": "m"})
+    assert _sample(registry, "tsr_inference_batch_size_sum", {"model": "m"}) == 16
+    assert passes < 16  # at least two requests shared a forward pass
+
+
+def test_reload_follows_champion_and_keeps_old_model_on_failure(
+    minio: StoreConfig, tmp_path: Path, images: list[Path]
+) -> None:
+    name = "signs-reload"
+    registry_metrics = CollectorRegistry()
+    first = _publish(minio, make_model_dir(tmp_path / "a", seed=1), name)
+    predictor = TSRPredictor(
+        name,
+        ModelSource("champion", minio, tmp_path / "cache"),
+        PredictorOptions(threads=1),
+        PredictorMetrics.create(registry_metrics),
+    )
+    predictor.load()
+    assert predictor.model_version == first
+    assert asyncio.run(predictor.reload()) is False  # champion unchanged: nothing downloaded or swapped
+
+    second = _publish(minio, make_model_dir(tmp_path / "b", seed=2), name)
+    assert second != first
+    assert asyncio.run(predictor.reload()) is True
+    assert predictor.model_version == second and predictor.ready
+    request = _uint8_request(name, np.zeros((1, 32, 32, 3), dtype=np.uint8))
+    assert _call(predictor, request).model_version == second
+
+    # A champion whose files were tampered with: the reload fails, the verified model keeps serving.
+    third = _publish(minio, make_model_dir(tmp_path / "c", seed=3), name)
+    S3Store(minio, "models").put_bytes(f"{name}/{third}/{WEIGHTS_FILE}", b"not the weights")
+    with pytest.raises(RegistryError):
+        asyncio.run(predictor.reload())
+    assert predictor.model_version == second and predictor.ready
+    assert _call(predictor, request).model_version == second
+    assert _sample(registry_metrics, "tsr_model_reloads_total", {"model": name, "result": "success"}) == 1
+    assert _sample(registry_metrics, "tsr_model_reloads_total", {"model": name, "result": "failure"}) == 1

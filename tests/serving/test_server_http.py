@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_model_dir
+from tests.serving.predictor_process import running_predictor
 from tsr.config import REPO_ROOT
 from tsr.local_minio import free_port
 from tsr.preprocessing import load_image_file
@@ -34,35 +34,12 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("serve")
     model_dir = make_model_dir(root / "model")
-    port = free_port()
     log = root / "server.log"
-    env = {**os.environ, "TSR_STATE_DIR": str(root / "state")}
-    cmd = [sys.executable, "-m", "serving", "--model", str(model_dir), "--model-name", NAME]
-    cmd += ["--http-port", str(port), "--threads", "1"]
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v2/models/{NAME}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 180s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    args = ["--model", str(model_dir), "--model-name", NAME, "--http-port", str(free_port()), "--threads", "1"]
+    # A small body limit so the 413 test does not need to send 64 MiB; 1 MiB still fits every other test.
+    args += ["--max-request-bytes", str(1024 * 1024), "--batch-wait-ms", "20"]
+    with running_predictor(args, log, env={"TSR_STATE_DIR": str(root / "state")}) as url:
         yield Server(url, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +128,7 @@ def test_import_survives_foreign_argv() -> None:
                 headers={"content-type": "application/json"},
                 timeout=30,
             ),
-            422,
+            400,
         ),
         ("v1", lambda s: _v1(s, {"instances": [[[1, 2]]]}), 400),
         (
@@ -183,3 +160,93 @@ def test_metrics_expose_kserve_histograms(server: Server, image_paths: list[Path
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     for metric in ("request_preprocess_seconds", "request_predict_seconds", "request_postprocess_seconds"):
         assert f'{metric}_count{{model_name="{NAME}"}}' in text, metric
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {"):
+            sample_labels = set(line[line.find("{") + 1 : line.rfind("}")].split(",")) if "{" in line else set()
+            if wanted <= sample_labels:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_oversized_body_is_refused_before_parsing(server: Server, image_paths: list[Path]) -> None:
+    before = httpx.get(f"{server.url}/metrics", timeout=10).text
+    big = b'{"instances": [' + b" " * (2 * 1024 * 1024) + b"]}"
+    resp = httpx.post(
+        f"{server.url}/v1/models/{NAME}:predict", content=big, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert resp.status_code == 413
+    assert "max_request_bytes=1048576" in resp.json()["error"]
+    after = httpx.get(f"{server.url}/metrics", timeout=10).text
+    reason = {"model": NAME, "reason": "body_too_large"}
+    assert (
+        _metric(after, "tsr_requests_rejected_total", **reason)
+        == _metric(before, "tsr_requests_rejected_total", **reason) + 1
+    )
+    assert _v1(server, {"instances": [{"b64": _b64(image_paths[0])}]}).status_code == 200
+
+
+def test_rejections_are_counted_by_reason(server: Server) -> None:
+    def count(reason: str) -> float:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        return _metric(text, "tsr_requests_rejected_total", model=NAME, reason=reason)
+
+    cases = {
+        "empty_batch": lambda: _v1(server, {"instances": []}),
+        "undecodable_image": lambda: _v1(server, {"instances": [{"b64": base64.b64encode(b"no image").decode()}]}),
+        "bad_shape": lambda: _v1(server, {"instances": [[[1, 2]]]}),
+        "malformed_json": lambda: httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=b"{", timeout=30),
+        "unknown_model": lambda: _v1(server, {"instances": []}, name="no-such-model"),
+    }
+    for reason, send in cases.items():
+        before = count(reason)
+        resp = send()
+        assert 400 <= resp.status_code < 500, (reason, resp.status_code, resp.text)
+        assert count(reason) == before + 1, reason
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert _metric(text, "tsr_request_duration_seconds_count", model=NAME, protocol="v1", code="400") >= 3
+
+
+def test_concurrent_clients_are_batched_and_each_gets_its_answer(server: Server, image_paths: list[Path]) -> None:
+    expected = {}
+    for path in image_paths:
+        resp = _v1(server, {"instances": [{"b64": _b64(path)}]})
+        expected[path] = resp.json()["predictions"][0]["class_id"]
+    before = httpx.get(f"{server.url}/metrics", timeout=10).text
+
+    async def send_all() -> list[tuple[Path, httpx.Response]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            paths = [image_paths[i % len(image_paths)] for i in range(32)]
+            url = f"{server.url}/v1/models/{NAME}:predict"
+            responses = await asyncio.gather(*(client.post(url, json={"instances": [{"b64": _b64(p)}]}) for p in paths))
+            return list(zip(paths, responses, strict=True))
+
+    for path, resp in asyncio.run(send_all()):
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["predictions"][0]["class_id"] == expected[path]
+    after = httpx.get(f"{server.url}/metrics", timeout=10).text
+    passes = _metric(after, "tsr_inference_batch_size_count", model=NAME) - _metric(
+        before, "tsr_inference_batch_size_count", model=NAME
+    )
+    images = _metric(after, "tsr_inference_batch_size_sum", model=NAME) - _metric(
+        before, "tsr_inference_batch_size_sum", model=NAME
+    )
+    assert images == 32
+    assert passes < 32  # concurrent requests shared forward passes
+
+
+def test_readiness_metadata_and_reload_endpoint(server: Server) -> None:
+    assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
+    assert httpx.get(f"{server.url}/v2/models/{NAME}/ready", timeout=10).json()["ready"] is True
+    loaded_before = _metric(httpx.get(f"{server.url}/metrics", timeout=10).text, "tsr_model_loaded_timestamp_seconds")
+    # KServe's repository extension: for a directory model, `load` re-reads it (a registry alias re-resolves).
+    resp = httpx.post(f"{server.url}/v2/repository/models/{NAME}/load", timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert _metric(httpx.get(f"{server.url}/metrics", timeout=10).text, "tsr_model_loaded_timestamp_seconds") > (
+        loaded_before
+    )
+    assert httpx.post(f"{server.url}/v2/repository/models/nope/load", timeout=30).status_code in (404, 503)

@@ -1,0 +1,54 @@
+"""The real predictor (`python -m serving`) in a subprocess on loopback, for HTTP and gRPC tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tsr.config import REPO_ROOT
+
+
+@contextmanager
+def running_predictor(
+    args: list[str], log: Path, env: dict[str, str] | None = None, name: str = "gtsrb-classifier"
+) -> Iterator[str]:
+    """Start `python -m serving <args>`, wait until the model is ready, yield its base URL, stop it."""
+    port = args[args.index("--http-port") + 1]
+    with log.open("wb") as log_fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving", *args],
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/v2/models/{name}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after 180s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
