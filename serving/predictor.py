@@ -395,7 +395,6 @@ class TSRPredictor(Model):
 
     def _v2_response(self, probs: torch.Tensor, request: InferRequest | None, model: LoadedModel) -> InferResponse:
         names = model.config.class_names
-        n = probs.shape[0]
         k = min(TOP_K, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
         class_ids = top_i[:, 0].to(torch.int64).numpy()

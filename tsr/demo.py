@@ -1,7 +1,8 @@
 """`make demo`: the main job end to end on one machine, with real parts only.
 
 data -> embedded MinIO -> kfp.local pipeline (ingest, train, evaluate/gate, register, deploy
-locally) -> real HTTP requests to the served champion -> summary and one JSON line.
+locally) -> a real Prometheus scraping the predictor (when installed) -> real HTTP requests to
+the served champion -> summary and one JSON line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import random
 import shutil
 import tarfile
 import tempfile
+import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,20 @@ from rich.table import Table
 
 from components.ingest.ingest import list_source, split_by_group
 from tsr.config import REPO_ROOT, state_dir
+from tsr.local_prometheus import (
+    INSTALL_HINT,
+    LocalPrometheus,
+    PrometheusConfig,
+    PrometheusError,
+    find_prometheus_binary,
+    sample_value,
+)
 from tsr.registry import DEFAULT_MODEL_NAME, Registry
 
 SHARED_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "gtsrb-train-32.tar.gz"
+RULES_FILE = REPO_ROOT / "manifests" / "monitoring" / "tsr-rules.yaml"
+PROMETHEUS_JOB = "tsr-predictor"
+PROMETHEUS_SCRAPE_INTERVAL = "2s"
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,56 @@ def send_requests(
     ]
 
 
+def prometheus_query(model_name: str) -> str:
+    """The example the summary prints: predictions per class. `last_over_time` because the demo stops
+    the predictor at the end, after which its series are stale and a plain instant query is empty."""
+    return f'sum by (class_name) (last_over_time(tsr_predictions_total{{model="{model_name}"}}[1h]))'
+
+
+def start_prometheus(
+    root: Path, predictor_url: str, binary: Path | None, rules: Path, err: Console
+) -> LocalPrometheus | None:
+    """A real Prometheus under `root` scraping the demo's predictor, or None (said in one line) when
+    it is not installed or will not start: monitoring is something to look at, not a gate.
+
+    One demo Prometheus at a time, over a fresh TSDB, so what it shows is this run's traffic; it is
+    left running after the demo (`tsr prometheus stop`), holding the samples of the demo's requests.
+    """
+    if binary is None:
+        err.print(f"Prometheus not installed ({INSTALL_HINT}); continuing without it", soft_wrap=True)
+        return None
+    config = PrometheusConfig(
+        root=root,
+        targets=[urllib.parse.urlsplit(predictor_url).netloc],
+        job_name=PROMETHEUS_JOB,
+        scrape_interval=PROMETHEUS_SCRAPE_INTERVAL,
+        rule_files=[rules] if rules.is_file() else [],
+    )
+    server = LocalPrometheus(config, binary)
+    server.stop()
+    shutil.rmtree(config.data_dir, ignore_errors=True)
+    try:
+        url = server.start()
+    except PrometheusError as exc:
+        err.print(f"WARNING: Prometheus did not start; continuing without it: {exc}", markup=False)
+        return None
+    loaded = f", rules {rules}" if config.rule_files else ", no rule file"
+    err.print(
+        f"Prometheus: {url} scraping {predictor_url}/metrics every {config.scrape_interval}{loaded}", soft_wrap=True
+    )
+    return server
+
+
+def await_scrape(server: LocalPrometheus, after: float, err: Console, timeout_s: float = 30.0) -> None:
+    """Wait for a scrape that started after the requests were answered, so Prometheus holds their
+    counts before the predictor stops."""
+    query = f'timestamp(up{{job="{PROMETHEUS_JOB}"}} == 1)'
+    try:
+        server.wait_for(query, lambda r: bool(r) and sample_value(r[0]) > after, timeout_s=timeout_s)
+    except (TimeoutError, PrometheusError) as exc:
+        err.print(f"WARNING: Prometheus has not scraped the predictor since the requests: {exc}", markup=False)
+
+
 def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
     from components.deploy.deploy import stop_local_predictor
     from pipelines.local_run import run_local
@@ -134,6 +198,7 @@ def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
             "pipeline_seconds": round(result.seconds, 1),
             "run_id": result.run_id,
             "predictions": [],
+            "prometheus": None,
         }
         if gate == "pass":
             registry = Registry.from_config(store)
@@ -147,15 +212,26 @@ def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
 
                 endpoint = read_local_predictor(state)
                 summary["endpoint"] = endpoint["url"]
-                images = sample_requests(source, cfg)
-                summary["predictions"] = send_requests(endpoint["url"], cfg.model_name, images, card["class_names"])
+                prometheus = start_prometheus(
+                    state / "prometheus", endpoint["url"], find_prometheus_binary(), RULES_FILE, err
+                )
+                try:
+                    images = sample_requests(source, cfg)
+                    summary["predictions"] = send_requests(endpoint["url"], cfg.model_name, images, card["class_names"])
+                except BaseException:
+                    if prometheus is not None:  # only a finished demo leaves it running
+                        prometheus.stop()
+                    raise
+                if prometheus is not None:
+                    await_scrape(prometheus, time.time(), err)
+                    summary["prometheus"] = prometheus.url
             finally:
                 stop_local_predictor(state)
-    _print_summary(summary, out)
+    _print_summary(summary, cfg.model_name, out)
     return summary
 
 
-def _print_summary(summary: dict[str, Any], out: Console) -> None:
+def _print_summary(summary: dict[str, Any], model_name: str, out: Console) -> None:
     colour = "green" if summary["gate"] == "pass" else "red"
     out.rule("tsr demo")
     out.print(f"validation accuracy  [bold]{100 * summary['validation_accuracy']:.2f}%[/]")
@@ -163,6 +239,12 @@ def _print_summary(summary: dict[str, Any], out: Console) -> None:
     out.print(f"model                {summary['model_uri']}")
     out.print(f"store                {summary['store']}")
     out.print(f"pipeline wall time   {summary['pipeline_seconds']} s")
+    if summary.get("prometheus"):
+        url, query = summary["prometheus"], prometheus_query(model_name)
+        link = f"{url}/graph?" + urllib.parse.urlencode({"g0.expr": query, "g0.tab": "1"})
+        out.print(f"prometheus           {url}  (left running; stop it with `tsr prometheus stop`)")
+        out.print(f"example query        {query}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"                     {link}", markup=False, highlight=False, soft_wrap=True)
     if summary["predictions"]:
         table = Table(title=f"predictions from {summary.get('endpoint')}")
         for col in ("file", "true class", "predicted", "p", "ok"):
