@@ -13,12 +13,14 @@ DEMO_MIN_ACCURACY ?= 0.95
 COMPONENT_IMAGE ?= ghcr.io/tsr-platform/tsr-components:0.1.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools prometheus demo test lint typecheck compile bench clean clean-state
+.PHONY: help venv tools prometheus monitoring bench-train bench-serving demo test lint typecheck compile bench clean clean-state
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
 	@echo "make test   - the test suite (what CI runs)"
-	@echo "make bench  - train the default config on all data and report accuracy and time"
+	@echo "make bench  - bench-train (default config on all data: accuracy, time) + bench-serving"
+	@echo "make bench-serving - predictor throughput with and without batching (wrk, concurrency 32)"
+	@echo "make monitoring - regenerate manifests/monitoring/ (alert rules, dashboard, monitors)"
 	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml"
 
 $(VENV)/.stamp: pyproject.toml requirements.lock
@@ -71,11 +73,23 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy tsr components pipelines serving benchmarks
 
+monitoring: venv
+	$(PY) -m serving.monitoring
+
 compile: venv
 	$(PY) -m pipelines.compile --image $(COMPONENT_IMAGE)
 
-bench: venv
+bench: bench-train bench-serving
+
+bench-train: venv
 	$(PY) -m benchmarks.train_default
+
+# wrk (Debian's package) drives the predictor: a C load generator leaves the server most of the CPU.
+bench-serving: venv
+	@command -v wrk >/dev/null || { sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  $$sudo apt-get install -y -qq --no-install-recommends wrk >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends wrk >/dev/null; }; }
+	$(PY) -m benchmarks.serving_throughput
 
 clean-state:
 	-$(VENV)/bin/tsr store stop

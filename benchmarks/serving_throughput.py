@@ -4,9 +4,9 @@ Starts the real predictor (`python -m serving`) twice on loopback, once with
 `--batch-size 1` (every request its own forward pass) and once with batching on, and
 drives each with the same load: `wrk` (C, from Debian's package; one core) at a fixed
 concurrency, one 32x32 GTSRB-sized image per V1 request. The model is the default
-architecture with untrained weights: throughput does not depend on the weights.
+architecture (or `--arch`) with untrained weights: throughput does not depend on the weights.
 
-Writes benchmarks/results/<date>-serving.json and prints a table.
+Writes benchmarks/results/<date>-<arch>-serving.json and prints a table.
 """
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ class Run:
     non_2xx: int
 
 
-def write_model(path: Path) -> Path:
+def write_model(path: Path, arch: str) -> Path:
     torch.manual_seed(0)
     reference = build_reference(torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8))
-    config = ModelConfig(DEFAULT_ARCH, list(CLASS_NAMES), PreprocessConfig(), input_reference=reference.to_dict())
-    save_model_dir(build_model(DEFAULT_ARCH, len(CLASS_NAMES)), config, path, export_program=False)
+    config = ModelConfig(arch, list(CLASS_NAMES), PreprocessConfig(), input_reference=reference.to_dict())
+    save_model_dir(build_model(arch, len(CLASS_NAMES)), config, path, export_program=False)
     return path
 
 
@@ -155,13 +155,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server (wrk takes a core)")
     parser.add_argument("--batch-size", type=int, default=32, help="max images per forward pass when batching")
+    parser.add_argument("--arch", default=DEFAULT_ARCH, help="tsrnet or a torchvision.models name")
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("wrk not found: install Debian's wrk package (make bench-serving does)")
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        model_dir = write_model(tmp / "model")
+        model_dir = write_model(tmp / "model", args.arch)
         runs = [
             measure(wrk, model_dir, "unbatched", 1, args.threads, args.concurrency, args.seconds, tmp),
             measure(wrk, model_dir, "batched", args.batch_size, args.threads, args.concurrency, args.seconds, tmp),
@@ -175,13 +176,13 @@ def main() -> None:
         )
     print(f"batching speed-up at concurrency {args.concurrency}: {speedup:.2f}x")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{date.today().isoformat()}-serving.json"
+    out = RESULTS / f"{date.today().isoformat()}-{args.arch}-serving.json"
     record = {
         "benchmark": "serving_throughput",
         "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
         "torch": torch.__version__,
-        "arch": DEFAULT_ARCH,
+        "arch": args.arch,
         "load_generator": "wrk -t1, one 32x32 PPM per V1 request",
         "runs": [asdict(r) for r in runs],
         "speedup": round(speedup, 2),

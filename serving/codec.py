@@ -182,6 +182,13 @@ def decode_v1(body: Any, image_size: int, limits: CodecLimits) -> torch.Tensor:
     return torch.cat([_v1_instance(inst, f"{key}[{i}]", image_size, limits) for i, inst in enumerate(instances)])
 
 
+def decode_raw_image(body: bytes, image_size: int, limits: CodecLimits) -> torch.Tensor:
+    """A V1 body that is itself a PNG/JPEG/PPM file (content-type image/* or octet-stream) -> (1, 3, S, S)."""
+    if not body:
+        raise Rejected("empty_batch", "request body is empty; send one PNG, JPEG or PPM image")
+    return decode_encoded_image(body, "body", image_size, limits).unsqueeze(0)
+
+
 # ---- V2 ------------------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from torch import nn
 
 from serving.batcher import BatchingConfig, DynamicBatcher
-from serving.codec import CodecLimits, Rejected, decode_v1, decode_v2
+from serving.codec import CodecLimits, Rejected, decode_raw_image, decode_v1, decode_v2
 from serving.guard import note_rejection
 from serving.monitoring.metrics import CHANNELS, PredictorMetrics, default_metrics
 from tsr.config import StoreConfig, state_dir
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 TOP_K = 3
 # Bodies up to this size are decoded on the event loop; a 64 KiB body is at most a few ms of work.
 INLINE_DECODE_BYTES = 64 * 1024
+# V1 bodies with these content types are one encoded image, not JSON.
+RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 
 
 def default_cache_dir() -> Path:
@@ -267,13 +269,18 @@ class TSRPredictor(Model):
                 images = await self._decode(decode_v2, payload, size, headers)
                 protocol = "v2"
             else:
-                if isinstance(payload, bytes | str):
-                    # kserve passes the body through undecoded when the content-type is not JSON (curl -d).
-                    try:
-                        payload = orjson.loads(payload)
-                    except orjson.JSONDecodeError as exc:
-                        raise Rejected("malformed_json", f"request body is not valid JSON: {exc}") from exc
-                images = await self._decode(decode_v1, payload, size, headers)
+                content_type = (headers or {}).get("content-type", "")
+                if isinstance(payload, bytes) and content_type.startswith(RAW_IMAGE_TYPES):
+                    # `curl --data-binary @sign.png -H 'content-type: image/png'`: the body is one image.
+                    images = await self._decode(decode_raw_image, payload, size, headers)
+                else:
+                    if isinstance(payload, bytes | str):
+                        # kserve passes the body through undecoded when the content-type is not JSON (curl -d).
+                        try:
+                            payload = orjson.loads(payload)
+                        except orjson.JSONDecodeError as exc:
+                            raise Rejected("malformed_json", f"request body is not valid JSON: {exc}") from exc
+                    images = await self._decode(decode_v1, payload, size, headers)
                 payload, protocol = None, "v1"
         except Rejected as exc:
             if not note_rejection(exc.category):  # gRPC: no HTTP middleware to count it

@@ -7,6 +7,7 @@ what `tsr serve` or `python -m serving` was given is what runs, whatever else is
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ def serve(cfg: ServeConfig, store: StoreConfig | None) -> None:
     metrics = default_metrics()
     predictor = build_predictor(cfg, store)
     predictor.load()
+    # Everything imported and loaded so far lives as long as the process: keep the cyclic GC
+    # from re-scanning it (torch + kserve are millions of objects; full collections stall requests).
+    gc.freeze()
     repository = TSRModelRepository()
     install_http_guard(cfg, metrics)
     server = ModelServer(

@@ -250,3 +250,16 @@ def test_readiness_metadata_and_reload_endpoint(server: Server) -> None:
         loaded_before
     )
     assert httpx.post(f"{server.url}/v2/repository/models/nope/load", timeout=30).status_code in (404, 503)
+
+
+def test_v1_raw_image_body(server: Server, image_paths: list[Path]) -> None:
+    """`curl --data-binary @sign.ppm -H 'content-type: image/x-portable-pixmap'`: the body is the image."""
+    url = f"{server.url}/v1/models/{NAME}:predict"
+    as_b64 = _v1(server, {"instances": [{"b64": _b64(image_paths[2])}]}).json()["predictions"]
+    raw = httpx.post(
+        url, content=image_paths[2].read_bytes(), headers={"content-type": "image/x-portable-pixmap"}, timeout=30
+    )
+    assert raw.status_code == 200, raw.text
+    assert raw.json()["predictions"] == as_b64
+    bad = httpx.post(url, content=b"not an image", headers={"content-type": "image/png"}, timeout=30)
+    assert bad.status_code == 400 and "body" in bad.json()["error"]
