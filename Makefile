@@ -6,14 +6,25 @@ PY := $(VENV)/bin/python
 TOOLS := $(CURDIR)/.tools/bin
 # MinIO's community edition ships as source; this pseudo-version is the commit we test against.
 MINIO_VERSION ?= v0.0.0-20260212201848-7aac2a2c5b7c
+# helm and kustomize for `helm lint`/`helm template` and overlay builds in the tests, built like MinIO.
+HELM_VERSION ?= v3.22.0
+# (kustomize v5.8.3 needs Go 1.27; the machines have 1.26)
+KUSTOMIZE_VERSION ?= v5.8.1
 DEMO_EPOCHS ?= 18
 DEMO_TRACKS ?= 0
 DEMO_BATCH ?= 256
 DEMO_MIN_ACCURACY ?= 0.95
 COMPONENT_IMAGE ?= ghcr.io/tsr-platform/tsr-components:0.1.0
+# `make images`: multi-arch component + predictor images (docs/images.md). PYTHON_IMAGE is an exact
+# tag; the target resolves it to its digest so every platform is built on the same base.
+REGISTRY ?= ghcr.io/tsr-platform
+TAG ?= 0.1.0
+PLATFORMS ?= linux/amd64,linux/arm64
+PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
+ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools prometheus monitoring bench-train bench-serving demo test lint typecheck compile bench clean clean-state
+.PHONY: help venv tools prometheus monitoring manifests bench-train bench-serving demo test lint typecheck compile bench clean clean-state images actionlint
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -21,7 +32,10 @@ help:
 	@echo "make bench  - bench-train (default config on all data: accuracy, time) + bench-serving"
 	@echo "make bench-serving - predictor throughput with and without batching (wrk, concurrency 32)"
 	@echo "make monitoring - regenerate manifests/monitoring/ (alert rules, dashboard, monitors)"
+	@echo "make manifests - regenerate manifests/ (InferenceService, kustomize base and overlays)"
 	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml"
+	@echo "make images - build + push tsr-components and tsr-predictor for PLATFORMS (docker buildx; REGISTRY, TAG)"
+	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
 
 $(VENV)/.stamp: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,9 +70,19 @@ prometheus:
 	  echo "WARNING: no apt-get: install prometheus + promtool yourself for the monitoring checks"; \
 	fi
 
-tools: $(TOOLS)/minio prometheus
+$(TOOLS)/helm:
+	@mkdir -p $(TOOLS)
+	@echo "building helm $(HELM_VERSION) with go install (first time only)"
+	GOBIN=$(TOOLS) CGO_ENABLED=0 GOFLAGS=-trimpath go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
-demo: venv tools
+$(TOOLS)/kustomize:
+	@mkdir -p $(TOOLS)
+	@echo "building kustomize $(KUSTOMIZE_VERSION) with go install (first time only)"
+	GOBIN=$(TOOLS) CGO_ENABLED=0 GOFLAGS=-trimpath go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint prometheus
+
+demo: venv $(TOOLS)/minio prometheus
 	$(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS) \
 	  --batch-size $(DEMO_BATCH) --min-accuracy $(DEMO_MIN_ACCURACY)
 
@@ -75,6 +99,11 @@ typecheck: venv
 
 monitoring: venv
 	$(PY) -m serving.monitoring
+
+# Regenerate manifests/inferenceservice.yaml and the kustomize base + overlays from the typed builders.
+manifests: venv
+	$(PY) -m components.deploy.deploy --write-manifests manifests/
+	$(PY) -m components.deploy.kustomize
 
 compile: venv
 	$(PY) -m pipelines.compile --image $(COMPONENT_IMAGE)
@@ -97,3 +126,23 @@ clean-state:
 
 clean: clean-state
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+
+# Multi-platform build + push of both images (needs Docker with buildx and a builder that can do
+# multi-platform, e.g. `docker buildx create --use` + QEMU binfmt for the foreign arch).
+images:
+	@docker buildx version >/dev/null 2>&1 || { \
+	  echo "make images needs 'docker buildx' (Docker Engine + the buildx plugin); none found on this machine"; exit 1; }
+	@digest=$$(docker buildx imagetools inspect $(PYTHON_IMAGE) --format '{{.Manifest.Digest}}') && [ -n "$$digest" ] || { \
+	  echo "could not resolve $(PYTHON_IMAGE) to a digest (registry reachable?)"; exit 1; }; \
+	base="$(PYTHON_IMAGE)@$$digest"; rev=$$(git rev-parse HEAD 2>/dev/null || echo unknown); \
+	echo "base image $$base, platforms $(PLATFORMS), revision $$rev"; \
+	args="--build-arg PYTHON_IMAGE=$$base --build-arg VERSION=$(TAG) --build-arg REVISION=$$rev"; \
+	docker buildx build --platform $(PLATFORMS) $$args -f components/Dockerfile -t $(REGISTRY)/tsr-components:$(TAG) --push . && \
+	docker buildx build --platform $(PLATFORMS) $$args -f serving/Dockerfile -t $(REGISTRY)/tsr-predictor:$(TAG) --push .
+
+$(TOOLS)/actionlint:
+	@mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) CGO_ENABLED=0 GOFLAGS=-trimpath go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+actionlint: $(TOOLS)/actionlint
+	$(TOOLS)/actionlint -color .github/workflows/*.yml

@@ -20,7 +20,7 @@ from typing import Any
 
 from kfp import local
 
-from pipelines.training_pipeline import build_pipeline
+from pipelines.training_pipeline import Placement, build_pipeline
 from tsr.config import StoreConfig
 
 
@@ -63,7 +63,8 @@ def run_local(
         raise_on_error=True,
         enable_caching=enable_caching,
     )
-    pipeline = build_pipeline(use_k8s_secret=False)
+    # No Kubernetes placement or retry backoffs locally; caching flags stay as on a cluster.
+    pipeline = build_pipeline(use_k8s_secret=False, placement=Placement.local())
     start = time.perf_counter()
     with _environment({**store.env(), "PYTHONUNBUFFERED": "1"}), warnings.catch_warnings():
         # The component image's name need not contain "python"; kfp.local warns about that.

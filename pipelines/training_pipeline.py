@@ -2,9 +2,15 @@
 
 One definition for both modes: the KFP backend runs its compiled IR (pipelines/compiled/),
 `pipelines.local_run` runs the very same function with kfp.local.SubprocessRunner.
+
+Where and how each step runs on a cluster (node selectors, node affinity, tolerations, requests/limits,
+retries, caching) is a typed `Placement`, applied through kfp-kubernetes and the task API at build time,
+so it lands in the compiled IR and is reviewed like code.
 """
 
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, NamedTuple, cast
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact
@@ -25,6 +31,175 @@ S3_SECRET_ENV = {
     "secretkey": "TSR_S3_SECRET_KEY",
     "secure": "TSR_S3_SECURE",
 }
+# Well-known node labels (set by the kubelet on every node).
+OS_LABEL = "kubernetes.io/os"
+ARCH_LABEL = "kubernetes.io/arch"
+STEPS = ("ingest", "train", "evaluate", "register", "deploy")
+
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+_EFFECTS: tuple[str, ...] = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """A pod toleration; `parse` reads kubectl's taint syntax so a taint can be copied as is."""
+
+    key: str
+    value: str = ""
+    effect: TaintEffect | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise ValueError("a toleration needs a taint key (tolerating every taint is not offered)")
+        if self.effect is not None and self.effect not in _EFFECTS:
+            raise ValueError(f"toleration {self.key!r}: effect must be one of {_EFFECTS}, got {self.effect!r}")
+        if self.operator not in ("Equal", "Exists"):
+            raise ValueError(f"toleration {self.key!r}: operator must be Equal or Exists, got {self.operator!r}")
+        if self.operator == "Exists" and self.value:
+            raise ValueError(f"toleration {self.key!r}: operator Exists takes no value")
+
+    @classmethod
+    def parse(cls, text: str) -> "Toleration":
+        """`key=value:Effect`, `key=value` (any effect), `key:Effect` or `key` (any value: operator Exists)."""
+        spec, _, effect = text.strip().partition(":")
+        key, has_value, value = spec.partition("=")
+        if effect and effect not in _EFFECTS:
+            raise ValueError(f"toleration {text!r}: effect must be one of {_EFFECTS}")
+        return cls(
+            key=key.strip(),
+            value=value.strip(),
+            effect=cast(TaintEffect | None, effect or None),  # checked against _EFFECTS above
+            operator="Equal" if has_value else "Exists",
+        )
+
+
+@dataclass(frozen=True)
+class StepResources:
+    """One step's pod: what it asks of the scheduler, and whether KFP may retry or reuse it.
+
+    Empty strings leave a request/limit unset. CPU limits are off by default: a CPU limit only
+    throttles (it never protects the node), while a memory limit stops a runaway step early.
+    """
+
+    cpu_request: str = ""
+    cpu_limit: str = ""
+    memory_request: str = ""
+    memory_limit: str = ""
+    retries: int = 0
+    cache: bool = True
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+
+
+def _default_steps() -> dict[str, StepResources]:
+    # Retries only where a rerun is harmless: ingest rewrites its own outputs, register writes a new
+    # immutable version (a half-written one has no SHA256SUMS and is ignored), deploy applies the same
+    # object again. Train is not retried: a failure there is almost always deterministic (OOM, bad data)
+    # and a rerun costs the whole training time. Evaluate, register and deploy are never cached: the gate
+    # compares against the registry's *current* champion, and register/deploy have side effects.
+    return {
+        "ingest": StepResources(cpu_request="1", memory_request="2Gi", memory_limit="4Gi", retries=2, cache=True),
+        "train": StepResources(cpu_request="2", memory_request="4Gi", memory_limit="8Gi", retries=0, cache=True),
+        "evaluate": StepResources(cpu_request="1", memory_request="2Gi", memory_limit="4Gi", cache=False),
+        "register": StepResources(cpu_request="500m", memory_request="1Gi", memory_limit="2Gi", retries=3, cache=False),
+        "deploy": StepResources(cpu_request="250m", memory_request="512Mi", memory_limit="1Gi", retries=3, cache=False),
+    }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how every step runs on a cluster; `build_pipeline` applies it, the compiled IR carries it.
+
+    - `os`: `kubernetes.io/os` node selector on every step ("" = none).
+    - `train_arch`: `kubernetes.io/arch` for the train step ("" = any node; e.g. "arm64" for Graviton/Ampere
+      pools, which needs a multi-arch component image). `train_arch_required=False` makes it a preference
+      (weighted node affinity) instead of a hard requirement.
+    - `tolerations`: on every step; a step's own `StepResources.tolerations` are added to these.
+    - `steps`: per-step requests/limits, retries and caching (see `_default_steps` for why the defaults).
+    - `retry_backoff*`: the backoff of every retried step (first wait, growth factor, give-up horizon).
+    """
+
+    os: str = "linux"
+    train_arch: str = ""
+    train_arch_required: bool = True
+    tolerations: tuple[Toleration, ...] = ()
+    steps: Mapping[str, StepResources] = field(default_factory=_default_steps)
+    retry_backoff: str = "30s"
+    retry_backoff_factor: float = 2.0
+    retry_backoff_max: str = "1800s"
+
+    def __post_init__(self) -> None:
+        unknown = set(self.steps) - set(STEPS)
+        if unknown:
+            raise ValueError(f"unknown step(s) {sorted(unknown)} in placement; steps are {STEPS}")
+        if self.train_arch and not self.train_arch.replace("_", "").isalnum():
+            raise ValueError(f"train_arch must be a node arch label value such as arm64/amd64, got {self.train_arch!r}")
+
+    def step(self, name: str) -> StepResources:
+        return self.steps.get(name, StepResources())
+
+    def with_step(self, name: str, **changes: Any) -> "Placement":
+        """A copy with one step's settings changed, e.g. `placement.with_step("train", memory_limit="16Gi")`."""
+        return replace(self, steps={**self.steps, name: replace(self.step(name), **changes)})
+
+    @classmethod
+    def arm64_training(cls, taint: str = "arch=arm64:NoSchedule", **changes: Any) -> "Placement":
+        """Train on arm64 nodes only, tolerating the taint such pools usually carry; other steps run anywhere."""
+        base = cls(train_arch="arm64", **changes)
+        train = base.step("train")
+        return base.with_step("train", tolerations=(*train.tolerations, Toleration.parse(taint)))
+
+    @classmethod
+    def local(cls) -> "Placement":
+        """For kfp.local: no node constraints, resources or retries (it has no scheduler, and would sleep
+        through backoffs on a failure); the caching flags stay, so `enable_caching` behaves like a cluster."""
+        return cls(os="", steps={name: StepResources(cache=spec.cache) for name, spec in _default_steps().items()})
+
+
+def apply_placement(task: Any, name: str, placement: Placement, kubernetes_platform: bool = True) -> Any:
+    """Apply one step's placement to its task; `kubernetes_platform=False` skips the kfp-kubernetes parts."""
+    spec = placement.step(name)
+    if spec.cpu_request:
+        task.set_cpu_request(spec.cpu_request)
+    if spec.cpu_limit:
+        task.set_cpu_limit(spec.cpu_limit)
+    if spec.memory_request:
+        task.set_memory_request(spec.memory_request)
+    if spec.memory_limit:
+        task.set_memory_limit(spec.memory_limit)
+    if spec.retries:
+        task.set_retry(
+            num_retries=spec.retries,
+            backoff_duration=placement.retry_backoff,
+            backoff_factor=placement.retry_backoff_factor,
+            backoff_max_duration=placement.retry_backoff_max,
+        )
+    task.set_caching_options(spec.cache)
+    if not kubernetes_platform:
+        return task
+    selector = {OS_LABEL: placement.os} if placement.os else {}
+    for key, value in {**selector, **spec.node_selector}.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if name == "train" and placement.train_arch:
+        kubernetes.add_node_affinity(
+            task,
+            match_expressions=[{"key": ARCH_LABEL, "operator": "In", "values": [placement.train_arch]}],
+            weight=None if placement.train_arch_required else 100,
+        )
+    for toleration in (*placement.tolerations, *spec.tolerations):
+        kubernetes.add_toleration(
+            task,
+            key=toleration.key,
+            operator=toleration.operator,
+            value=toleration.value or None,
+            effect=toleration.effect,
+        )
+    return task
 
 
 class PipelineOutputs(NamedTuple):
@@ -34,12 +209,16 @@ class PipelineOutputs(NamedTuple):
     evaluation: Artifact
 
 
-def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = True) -> Any:
+def build_pipeline(
+    image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = True, placement: Placement | None = None
+) -> Any:
     """Build the pipeline with every step running in `image` (registry and tag are configurable).
 
-    `use_k8s_secret` attaches the MinIO Secret through kfp-kubernetes; the local runner turns it
-    off because kfp.local has no Kubernetes and hands the store over through the environment.
+    `use_k8s_secret` attaches the MinIO Secret and the Kubernetes placement (node selectors, affinity,
+    tolerations) through kfp-kubernetes; the local runner turns it off because kfp.local has no Kubernetes
+    and hands the store over through the environment. `placement` defaults to `Placement()`.
     """
+    placement = placement or Placement()
     ingest_op = containerized(ingest_component, image)
     train_op = containerized(train_component, image)
     evaluate_op = containerized(evaluate_component, image)
@@ -50,6 +229,9 @@ def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = 
         if use_k8s_secret:
             kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_ENV)
         return task
+
+    def placed(task: Any, name: str) -> Any:
+        return apply_placement(task, name, placement, kubernetes_platform=use_k8s_secret)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="GTSRB traffic-sign classifier: data to served model")
     def training_pipeline(
@@ -83,6 +265,7 @@ def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = 
                 download=download,
             )
         ).set_display_name("ingest")
+        placed(ingest, "ingest")
         train = train_op(
             dataset=ingest.outputs["dataset"],
             arch=arch,
@@ -92,7 +275,7 @@ def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = 
             seed=seed,
             threads=threads,
         ).set_display_name("train")
-        train.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("8Gi")
+        placed(train, "train")
         evaluate = with_store(
             evaluate_op(
                 dataset=ingest.outputs["dataset"],
@@ -103,6 +286,7 @@ def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = 
                 test_data=test_data,
             )
         ).set_display_name("evaluate & gate")
+        placed(evaluate, "evaluate")
         with dsl.If(evaluate.outputs["Output"] == "pass", name="gate-passed"):
             register = with_store(
                 register_op(
@@ -113,7 +297,7 @@ def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = 
                     run_id=run_id,
                 )
             ).set_display_name("register")
-            register.set_caching_options(False)
+            placed(register, "register")
             deploy = with_store(
                 deploy_op(
                     model_uri=register.output,
@@ -123,7 +307,7 @@ def build_pipeline(image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = 
                     predictor_image=predictor_image,
                 )
             ).set_display_name("deploy")
-            deploy.set_caching_options(False)
+            placed(deploy, "deploy")
         return PipelineOutputs(gate=evaluate.outputs["Output"], evaluation=evaluate.outputs["evaluation"])
 
     return training_pipeline

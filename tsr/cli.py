@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -184,17 +184,34 @@ def serve(
         run_server(cfg, None)
 
 
+@app.command()
+def backend() -> None:
+    """Print which CPU backends torch uses here (oneDNN, ACL on arm64, BLAS, threads) as JSON."""
+    from tsr.backend import main as backend_main
+
+    backend_main()
+
+
 # ---- pipeline ----------------------------------------------------------------------------------------
 @pipeline_app.command("compile")
 def pipeline_compile(
     out_file: Annotated[Path, typer.Option("--out")] = Path("pipelines/compiled/tsr_training.yaml"),
     image: Annotated[str, typer.Option(help="component image, registry/name:tag")] = "",
+    train_arch: Annotated[str, typer.Option(help="kubernetes.io/arch for the train step, e.g. arm64")] = "",
+    train_arch_preferred: Annotated[bool, typer.Option(help="prefer --train-arch instead of requiring it")] = False,
+    toleration: Annotated[
+        list[str] | None, typer.Option(help="train-step toleration, kubectl taint syntax: arch=arm64:NoSchedule")
+    ] = None,
 ) -> None:
-    """Write the pipeline's KFP IR YAML."""
+    """Write the pipeline's KFP IR YAML (placement: see pipelines/README.md)."""
     from components.factory import DEFAULT_COMPONENT_IMAGE
-    from pipelines.compile import compile_pipeline
+    from pipelines.compile import compile_pipeline, placement_from_options
 
-    out.print(str(compile_pipeline(out_file, image or DEFAULT_COMPONENT_IMAGE)))
+    try:
+        placement = placement_from_options(train_arch, train_arch_preferred, toleration or [])
+    except ValueError as exc:
+        fail(str(exc), 2)
+    out.print(str(compile_pipeline(out_file, image or DEFAULT_COMPONENT_IMAGE, placement)))
 
 
 @pipeline_app.command("run-local")
@@ -224,6 +241,134 @@ def pipeline_run_local(
         registry = Registry.from_config(store)
         champion = registry.get_alias(model_name)
     print(json.dumps({"run_id": result.run_id, "seconds": round(result.seconds, 1), "champion": champion}))
+
+
+_KFP_PACKAGE = Path("pipelines/compiled/tsr_training.yaml")
+HostOption = Annotated[
+    str,
+    typer.Option(
+        envvar="KF_PIPELINES_ENDPOINT",
+        help="KFP API endpoint, e.g. https://kubeflow.example/pipeline; empty: in-cluster service or kubeconfig",
+    ),
+]
+NamespaceOption = Annotated[str, typer.Option(help="profile namespace (multi-user KFP); single-user ignores it")]
+TokenEnvOption = Annotated[
+    str, typer.Option(help="environment variable holding the API bearer token (never pass a token as an argument)")
+]
+ParamOption = Annotated[list[str] | None, typer.Option("--param", help="pipeline parameter key=value (repeatable)")]
+ExperimentOption = Annotated[str, typer.Option(help="experiment, created if missing")]
+PackageOption = Annotated[Path, typer.Option(help="compiled pipeline YAML")]
+UiUrlOption = Annotated[str, typer.Option(help="dashboard base URL for the printed link (default: --host)")]
+InsecureOption = Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")]
+SaTokenOption = Annotated[
+    bool, typer.Option(help="authenticate with the pod's projected KFP service-account token (in-cluster)")
+]
+PrivateOption = Annotated[bool, typer.Option(help="keep the pipeline in --namespace instead of shared")]
+
+
+def _kfp_request(
+    host: str,
+    namespace: str,
+    token_env: str,
+    params: list[str] | None,
+    package: Path,
+    ui_url: str,
+    insecure: bool,
+    sa_token: bool,
+    private_pipeline: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """The target (token read from the environment, never echoed) and the typed, validated parameters."""
+    import os
+
+    from pipelines.submit import KfpTarget, ParameterError, PipelinePackage, SubmitError, parse_parameter_args
+
+    token = os.environ.get(token_env, "").strip() if token_env else ""
+    target = KfpTarget(
+        host=host,
+        namespace=namespace,
+        existing_token=token or None,
+        service_account_token=sa_token,
+        verify_ssl=not insecure,
+        ui_url=ui_url,
+        private_pipeline=private_pipeline,
+    )
+    try:
+        declared = PipelinePackage.load(package).parameters
+        return target, parse_parameter_args(params or [], declared)
+    except ParameterError as exc:
+        fail(str(exc), 2)
+    except SubmitError as exc:
+        fail(str(exc))
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    host: HostOption = "",
+    namespace: NamespaceOption = "kubeflow",
+    token_env: TokenEnvOption = "KFP_TOKEN",
+    param: ParamOption = None,
+    experiment: ExperimentOption = "tsr",
+    package: PackageOption = _KFP_PACKAGE,
+    run_name: Annotated[str, typer.Option(help="run name (default: tsr-training-<time>)")] = "",
+    ui_url: UiUrlOption = "",
+    insecure: InsecureOption = False,
+    sa_token: SaTokenOption = False,
+    private_pipeline: PrivateOption = False,
+) -> None:
+    """Start one run of the compiled pipeline on a KFP backend; prints the run's dashboard URL."""
+    from pipelines.submit import ParameterError, SubmitError, submit
+
+    target, params = _kfp_request(
+        host, namespace, token_env, param, package, ui_url, insecure, sa_token, private_pipeline
+    )
+    try:
+        result = submit(target, params, package=package, experiment=experiment, run_name=run_name or None)
+    except ParameterError as exc:
+        fail(str(exc), 2)
+    except SubmitError as exc:
+        fail(str(exc))
+    err.print(f"run {result.id} (pipeline version {result.pipeline_version_id}, experiment {experiment})")
+    print(result.url)
+
+
+@pipeline_app.command("schedule")
+def pipeline_schedule(
+    cron: Annotated[str, typer.Option(help='standard 5-field cron, e.g. "0 3 * * 0" (Sundays 03:00, UTC)')],
+    host: HostOption = "",
+    namespace: NamespaceOption = "kubeflow",
+    token_env: TokenEnvOption = "KFP_TOKEN",
+    param: ParamOption = None,
+    experiment: ExperimentOption = "tsr",
+    package: PackageOption = _KFP_PACKAGE,
+    name: Annotated[str, typer.Option(help="recurring run name (default: tsr-training-schedule)")] = "",
+    max_concurrency: Annotated[int, typer.Option(help="runs of this schedule at once (1-10)")] = 1,
+    ui_url: UiUrlOption = "",
+    insecure: InsecureOption = False,
+    sa_token: SaTokenOption = False,
+    private_pipeline: PrivateOption = False,
+) -> None:
+    """Create a recurring run (catch-up off) of the compiled pipeline; prints its dashboard URL."""
+    from pipelines.submit import ParameterError, SubmitError, schedule
+
+    target, params = _kfp_request(
+        host, namespace, token_env, param, package, ui_url, insecure, sa_token, private_pipeline
+    )
+    try:
+        result = schedule(
+            target,
+            params,
+            cron=cron,
+            package=package,
+            experiment=experiment,
+            name=name or None,
+            max_concurrency=max_concurrency,
+        )
+    except ParameterError as exc:
+        fail(str(exc), 2)
+    except SubmitError as exc:
+        fail(str(exc))
+    err.print(f"recurring run {result.id} (pipeline version {result.pipeline_version_id}, experiment {experiment})")
+    print(result.url)
 
 
 # ---- registry ----------------------------------------------------------------------------------------
