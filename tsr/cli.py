@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -301,6 +302,15 @@ def _kfp_request(
         fail(str(exc))
 
 
+RunnerOption = Annotated[
+    str,
+    typer.Option(
+        help="Kubernetes service account the steps run as (the Helm chart's tsr-pipeline-runner may deploy "
+        "InferenceServices); default: the KFP profile's"
+    ),
+]
+
+
 @pipeline_app.command("submit")
 def pipeline_submit(
     host: HostOption = "",
@@ -310,6 +320,7 @@ def pipeline_submit(
     experiment: ExperimentOption = "tsr",
     package: PackageOption = _KFP_PACKAGE,
     run_name: Annotated[str, typer.Option(help="run name (default: tsr-training-<time>)")] = "",
+    service_account: RunnerOption = "",
     ui_url: UiUrlOption = "",
     insecure: InsecureOption = False,
     sa_token: SaTokenOption = False,
@@ -322,7 +333,14 @@ def pipeline_submit(
         host, namespace, token_env, param, package, ui_url, insecure, sa_token, private_pipeline
     )
     try:
-        result = submit(target, params, package=package, experiment=experiment, run_name=run_name or None)
+        result = submit(
+            target,
+            params,
+            package=package,
+            experiment=experiment,
+            run_name=run_name or None,
+            service_account=service_account or None,
+        )
     except ParameterError as exc:
         fail(str(exc), 2)
     except SubmitError as exc:
@@ -342,6 +360,7 @@ def pipeline_schedule(
     package: PackageOption = _KFP_PACKAGE,
     name: Annotated[str, typer.Option(help="recurring run name (default: tsr-training-schedule)")] = "",
     max_concurrency: Annotated[int, typer.Option(help="runs of this schedule at once (1-10)")] = 1,
+    service_account: RunnerOption = "",
     ui_url: UiUrlOption = "",
     insecure: InsecureOption = False,
     sa_token: SaTokenOption = False,
@@ -362,6 +381,7 @@ def pipeline_schedule(
             experiment=experiment,
             name=name or None,
             max_concurrency=max_concurrency,
+            service_account=service_account or None,
         )
     except ParameterError as exc:
         fail(str(exc), 2)
@@ -369,6 +389,110 @@ def pipeline_schedule(
         fail(str(exc))
     err.print(f"recurring run {result.id} (pipeline version {result.pipeline_version_id}, experiment {experiment})")
     print(result.url)
+
+
+# ---- cluster rollout ---------------------------------------------------------------------------------
+def _rollout_outcome(result: Any) -> None:
+    """One line for people on stderr, the details as JSON on stdout; exit 1 when it did not work."""
+    err.print(result.message if result.ok else f"[bold red]error:[/] {result.message}")
+    print(json.dumps(result.details, default=str))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+NamespaceArg = Annotated[str, typer.Option(help="namespace of the InferenceService")]
+KubeConfigArg = Annotated[str, typer.Option(help="kubeconfig file (default: in-cluster, then ~/.kube/config)")]
+TimeoutArg = Annotated[float, typer.Option(help="seconds to wait for Ready")]
+
+
+@app.command("deploy")
+def deploy_cmd(
+    model: Annotated[str, typer.Argument(help="s3://models/<name>/<version>, a version id, champion or latest")],
+    model_name: Annotated[str, typer.Option(help="registry model and InferenceService name")] = DEFAULT_MODEL_NAME,
+    namespace: NamespaceArg = "tsr",
+    image: Annotated[str, typer.Option(help="predictor image")] = "",
+    deployment_mode: Annotated[str, typer.Option(help="Standard | Knative")] = "Standard",
+    canary_percent: Annotated[int | None, typer.Option(help="Knative: traffic share of the new version")] = None,
+    min_replicas: int = 1,
+    max_replicas: int = 3,
+    scale_target: Annotated[int | None, typer.Option(help="autoscaling target")] = None,
+    scale_metric: Annotated[str | None, typer.Option(help="cpu|memory (Standard), concurrency|rps (Knative)")] = None,
+    arch: Annotated[list[str] | None, typer.Option(help="kubernetes.io/arch values, e.g. --arch arm64")] = None,
+    arch_placement: Annotated[str, typer.Option(help="required | preferred")] = "required",
+    toleration: Annotated[list[str] | None, typer.Option(help="kubectl taint syntax, key=value:Effect")] = None,
+    timeout: TimeoutArg = 600.0,
+    rollback_on_failure: Annotated[bool, typer.Option(help="restore the previous version if not Ready")] = True,
+    kube_config: KubeConfigArg = "",
+) -> None:
+    """Create or patch the InferenceService, wait for Ready, roll back to the previous version on failure."""
+    from components.deploy.deploy import DEFAULT_PREDICTOR_IMAGE
+    from components.deploy.rollout import deploy_command
+
+    needs_registry = not model.startswith("s3://")
+    with contextlib.ExitStack() as stack:
+        registry = Registry.from_config(stack.enter_context(_store_session())) if needs_registry else None
+        result = deploy_command(
+            model,
+            model_name=model_name,
+            namespace=namespace,
+            image=image or DEFAULT_PREDICTOR_IMAGE,
+            deployment_mode=deployment_mode,
+            canary_percent=canary_percent,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            scale_target=scale_target,
+            scale_metric=scale_metric,
+            arch=tuple(arch or ()),
+            arch_placement=arch_placement,
+            tolerations=tuple(toleration or ()),
+            timeout_s=timeout,
+            rollback_on_failure=rollback_on_failure,
+            registry=registry,
+            kube_config=kube_config or None,
+        )
+    _rollout_outcome(result)
+
+
+@app.command()
+def promote(
+    model_name: Annotated[str, typer.Argument(help="InferenceService / model name")] = DEFAULT_MODEL_NAME,
+    namespace: NamespaceArg = "tsr",
+    timeout: TimeoutArg = 600.0,
+    kube_config: KubeConfigArg = "",
+) -> None:
+    """Knative canary -> 100 % of the traffic (Standard mode has no canary: says so, changes nothing)."""
+    from components.deploy.rollout import promote_command
+
+    _rollout_outcome(
+        promote_command(model_name, namespace=namespace, timeout_s=timeout, kube_config=kube_config or None)
+    )
+
+
+@app.command()
+def rollback(
+    model_name: Annotated[str, typer.Argument(help="InferenceService / model name")] = DEFAULT_MODEL_NAME,
+    namespace: NamespaceArg = "tsr",
+    to_version: Annotated[str, typer.Option(help="a registry version (default: the previous deployment)")] = "",
+    move_champion: Annotated[bool, typer.Option(help="also point the registry's champion at it")] = False,
+    timeout: TimeoutArg = 600.0,
+    kube_config: KubeConfigArg = "",
+) -> None:
+    """Serve the previous (or a given) model version again, optionally moving the champion alias back."""
+    from components.deploy.rollout import rollback_command
+
+    with contextlib.ExitStack() as stack:
+        needs_registry = move_champion or (to_version and not to_version.startswith("s3://"))
+        registry = Registry.from_config(stack.enter_context(_store_session())) if needs_registry else None
+        result = rollback_command(
+            model_name,
+            namespace=namespace,
+            to_version=to_version or None,
+            move_champion=move_champion,
+            registry=registry,
+            timeout_s=timeout,
+            kube_config=kube_config or None,
+        )
+    _rollout_outcome(result)
 
 
 # ---- registry ----------------------------------------------------------------------------------------

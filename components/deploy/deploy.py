@@ -6,8 +6,9 @@ storage-initializer finds the S3 Secret through the predictor's ServiceAccount a
 the version to /mnt/models before the predictor starts.
 
 Modes of `deploy()`: `none` (nothing), `manifest` (render the YAML), `cluster` (render, then
-create or replace the InferenceService and wait for it to be Ready), `local` (start
-`python -m serving` as a detached process and wait until the model reports ready).
+create or merge-patch the InferenceService, wait for it to be Ready and roll back to the previous
+version if it is not: `rollout.py`), `local` (start `python -m serving` as a detached process and
+wait until the model reports ready).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ KSERVE_CONTAINER = "kserve-container"  # the name KServe looks for in a custom p
 MODEL_MOUNT_PATH = "/mnt/models"  # where the storage-initializer puts STORAGE_URI's files
 STORAGE_URI_ENV = "STORAGE_URI"
 PROMETHEUS_PORT_ENV = "KSERVE_CONTAINER_PROMETHEUS_METRICS_PORT"
-RUN_AS_USER = 1000
+RUN_AS_USER = 10001  # the USER of serving/Dockerfile and the Helm chart
 
 LOCAL_STATE_FILE = "predictor.json"
 LOCAL_LOG_FILE = "predictor.log"
@@ -86,6 +87,15 @@ _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _PART_OF = {"app.kubernetes.io/part-of": "tsr-platform"}
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+ARCH_LABEL = "kubernetes.io/arch"
+ARCH_PLACEMENTS = ("required", "preferred")
+# Which metrics KServe's autoscalers understand per mode: Knative's KPA scales on requests in flight or
+# per second; Standard mode's HPA on resource utilisation (percent of the request).
+SCALE_METRICS = {"Knative": ("concurrency", "rps"), "Standard": ("cpu", "memory")}
+TOLERATION_OPERATORS = ("Equal", "Exists")
+TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 class DeployError(RuntimeError):
@@ -137,6 +147,11 @@ class InferenceServiceSpec:
     http_port: int = DEFAULT_HTTP_PORT
     torch_threads: int | None = None  # None: derived from cpu_limit
     tmp_size_limit: str = "512Mi"  # the writable /tmp under a read-only root filesystem
+    scale_target: int | None = None  # autoscaler target for scale_metric (KServe's own default when None)
+    scale_metric: str | None = None  # Knative: concurrency | rps; Standard: cpu | memory (SCALE_METRICS)
+    arch: tuple[str, ...] = ()  # kubernetes.io/arch values the image runs on (amd64, arm64, ...); () = any
+    arch_placement: str = "required"  # required: only those nodes; preferred: those first, others allowed
+    tolerations: tuple[Mapping[str, Any], ...] = ()  # V1Toleration fields: key, operator, value, effect
 
     def __post_init__(self) -> None:
         self.deployment_mode = LEGACY_DEPLOYMENT_MODES.get(self.deployment_mode, self.deployment_mode)
@@ -174,6 +189,45 @@ class InferenceServiceSpec:
             raise ValueError(f"http_port {self.http_port} out of range")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError("torch_threads must be >= 1")
+        self._check_scaling_and_placement()
+
+    def _check_scaling_and_placement(self) -> None:
+        """Refuse what KServe would accept but not act on: a metric the mode's autoscaler ignores,
+        an arch constraint stated twice, a toleration the scheduler cannot parse."""
+        if self.scale_target is not None and self.scale_target < 1:
+            raise ValueError("scale_target must be >= 1")
+        if self.scale_metric is not None and self.scale_metric not in SCALE_METRICS[self.deployment_mode]:
+            raise ValueError(
+                f"scale_metric {self.scale_metric!r} is not used by {self.deployment_mode} mode's autoscaler: "
+                f"use one of {SCALE_METRICS[self.deployment_mode]}"
+            )
+        if isinstance(self.arch, str):  # a single value passed as a string
+            self.arch = (self.arch,)
+        self.arch = tuple(self.arch)
+        for value in self.arch:
+            if not value or not _LABEL_VALUE.match(value):
+                raise ValueError(f"arch {value!r} is not a label value (amd64, arm64, ...)")
+        if self.arch_placement not in ARCH_PLACEMENTS:
+            raise ValueError(f"arch_placement must be one of {ARCH_PLACEMENTS}, got {self.arch_placement!r}")
+        if self.arch and ARCH_LABEL in self.node_selector:
+            raise ValueError(f"give the architecture either as arch or as node_selector[{ARCH_LABEL!r}], not both")
+        self.tolerations = tuple(dict(t) for t in self.tolerations)
+        for toleration in self.tolerations:
+            unknown = set(toleration) - {"key", "operator", "value", "effect", "tolerationSeconds"}
+            if unknown:
+                raise ValueError(f"toleration {toleration}: unknown fields {sorted(unknown)}")
+            operator = toleration.get("operator", "Equal")
+            if operator not in TOLERATION_OPERATORS:
+                raise ValueError(f"toleration {toleration}: operator must be one of {TOLERATION_OPERATORS}")
+            if operator == "Exists" and toleration.get("value"):
+                raise ValueError(f"toleration {toleration}: operator Exists takes no value")
+            if operator == "Equal" and not toleration.get("key"):
+                raise ValueError(f"toleration {toleration}: operator Equal needs a key")
+            effect = toleration.get("effect")
+            if effect and effect not in TOLERATION_EFFECTS:
+                raise ValueError(f"toleration {toleration}: effect must be one of {TOLERATION_EFFECTS}")
+            if toleration.get("tolerationSeconds") is not None and effect != "NoExecute":
+                raise ValueError(f"toleration {toleration}: tolerationSeconds only applies to effect NoExecute")
 
     @property
     def threads(self) -> int:
@@ -196,6 +250,61 @@ def _labels(spec: InferenceServiceSpec) -> dict[str, str]:
         "app.kubernetes.io/component": "predictor",
         "app.kubernetes.io/instance": spec.name,
     }
+
+
+def parse_toleration(text: str) -> dict[str, Any]:
+    """A toleration dict from kubectl's taint syntax, `key[=value][:effect]`, for the CLI.
+
+    `dedicated=ml:NoSchedule` tolerates that taint exactly; `gpu:NoSchedule` tolerates
+    any value of key `gpu` with that effect (operator Exists); `:NoExecute` alone tolerates every
+    NoExecute taint. The result is validated when an InferenceServiceSpec is built from it.
+    """
+    key_value, _, effect = text.partition(":")
+    key, sep, value = key_value.partition("=")
+    toleration: dict[str, Any] = {"key": key} if key else {}
+    if sep:
+        toleration.update(operator="Equal", value=value)
+    else:
+        toleration["operator"] = "Exists"
+    if effect:
+        toleration["effect"] = effect
+    return toleration
+
+
+def _affinity(spec: InferenceServiceSpec) -> k8s.V1Affinity | None:
+    """Node affinity on kubernetes.io/arch: affinity, not nodeSelector, because it takes several
+    values (a multi-arch image) and can be a preference that still lets pods land elsewhere."""
+    if not spec.arch:
+        return None
+    term = k8s.V1NodeSelectorTerm(
+        match_expressions=[k8s.V1NodeSelectorRequirement(key=ARCH_LABEL, operator="In", values=list(spec.arch))]
+    )
+    if spec.arch_placement == "required":
+        node_affinity = k8s.V1NodeAffinity(
+            required_during_scheduling_ignored_during_execution=k8s.V1NodeSelector(node_selector_terms=[term])
+        )
+    else:
+        node_affinity = k8s.V1NodeAffinity(
+            preferred_during_scheduling_ignored_during_execution=[
+                k8s.V1PreferredSchedulingTerm(weight=100, preference=term)
+            ]
+        )
+    return k8s.V1Affinity(node_affinity=node_affinity)
+
+
+def _tolerations(spec: InferenceServiceSpec) -> list[k8s.V1Toleration] | None:
+    if not spec.tolerations:
+        return None
+    return [
+        k8s.V1Toleration(
+            key=t.get("key"),
+            operator=t.get("operator", "Equal"),
+            value=t.get("value"),
+            effect=t.get("effect"),
+            toleration_seconds=t.get("tolerationSeconds"),
+        )
+        for t in spec.tolerations
+    ]
 
 
 def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceService:
@@ -264,7 +373,11 @@ def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceServi
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,
         canary_traffic_percent=spec.canary_traffic_percent,
+        scale_target=spec.scale_target,
+        scale_metric=spec.scale_metric,
         node_selector=dict(spec.node_selector) or None,
+        affinity=_affinity(spec),
+        tolerations=_tolerations(spec),
         security_context=k8s.V1PodSecurityContext(
             run_as_non_root=True,
             run_as_user=RUN_AS_USER,
@@ -442,9 +555,12 @@ def apply_inference_service(
     """Create the InferenceService, or replace it (PUT with the current resourceVersion) if it exists.
 
     Replace rather than merge-patch so that fields dropped from the spec (a finished canary's
-    canaryTrafficPercent) are dropped in the cluster too. `api` is a CustomObjectsApi; without
-    one, it is built from `kube_config` / in-cluster config. No cluster exists on the development
-    machines, so the real API path is only exercised against a cluster; tests use a fake `api`.
+    canaryTrafficPercent) are dropped in the cluster too; this also drops annotations other
+    controllers added, which is why `deploy()` and the CLI use `rollout.rollout_inference_service`
+    (merge patch with explicit nulls, history, rollback) and this stays for plain one-shot applies.
+    `api` is a CustomObjectsApi; without one, it is built from `kube_config` / in-cluster config.
+    No cluster exists on the development machines, so the real API path is only exercised against
+    a cluster; tests use a fake `api`.
     `namespace`, when given, overrides the object's own. Returns "created <ns>/<name>" or
     "replaced <ns>/<name>"; a missing or unreachable cluster raises DeployError.
     """
@@ -470,6 +586,9 @@ def apply_inference_service(
                 api.create_namespaced_custom_object(*args, body, _request_timeout=request_timeout_s)
                 return f"created {namespace}/{name}"
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            # A PUT replaces metadata too: keep KServe's finalizer, or deleting the object would skip its cleanup.
+            if current["metadata"].get("finalizers"):
+                body["metadata"]["finalizers"] = current["metadata"]["finalizers"]
             try:
                 api.replace_namespaced_custom_object(*args, name, body, _request_timeout=request_timeout_s)
             except ApiException as exc:
@@ -492,35 +611,32 @@ def wait_for_inference_service(
     api: Any,
     timeout_s: float = 600.0,
     poll_s: float = 5.0,
+    canary_percent: int | None = None,
 ) -> str:
     """Poll until the controller reports Ready for the current generation; return status.url.
 
-    Raises DeployError on timeout with the last conditions, which is where KServe says why
-    (image pull, storage-initializer, failing readiness probe).
+    "Ready" is `rollout.rollout_state`: the Ready condition for the generation we wrote
+    (`observedGeneration`) and, where KServe reports Knative revisions, the newest revision ready
+    with the traffic asked for (`canary_percent`, else all of it). Raises DeployError on timeout
+    with the conditions that are not True, which is where KServe says why (image pull,
+    storage-initializer, failing readiness probe).
     """
     from kubernetes.client.rest import ApiException
     from urllib3.exceptions import HTTPError
 
+    from components.deploy.rollout import rollout_state  # rollout.py imports this module
+
     deadline = time.monotonic() + timeout_s
-    conditions: list[dict[str, Any]] = []
     while True:
         try:
             obj = api.get_namespaced_custom_object(*_isvc_args(namespace), name, _request_timeout=30)
         except (ApiException, HTTPError, OSError) as exc:
             raise DeployError(f"reading InferenceService {namespace}/{name} failed: {exc}") from exc
-        status = obj.get("status") or {}
-        conditions = status.get("conditions") or []
-        current = status.get("observedGeneration", 0) >= obj.get("metadata", {}).get("generation", 0)
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        if current and ready:
-            return str(status.get("url") or "")
+        done, why = rollout_state(obj, canary_percent)
+        if done:
+            return str((obj.get("status") or {}).get("url") or "")
         if time.monotonic() >= deadline:
-            summary = "; ".join(
-                f"{c.get('type')}={c.get('status')} {c.get('reason') or ''} {c.get('message') or ''}".strip()
-                for c in conditions
-            )
-            summary = summary or "no conditions yet"
-            raise DeployError(f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s: {summary}")
+            raise DeployError(f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s: {why}")
         time.sleep(poll_s)
 
 
@@ -705,7 +821,7 @@ class DeployResult:
     manifest: str = ""  # the rendered YAML ("" when the model URI is not a registry version)
     manifest_path: Path | None = None
     name: str = ""  # the InferenceService name
-    action: str = ""  # "created <ns>/<name>", "replaced <ns>/<name>", "started pid <n>", ...
+    action: str = ""  # "created|patched|unchanged <ns>/<name>", "started pid <n>", ...
 
 
 def deploy(
@@ -727,8 +843,17 @@ def deploy(
     ready_timeout_s: float = 180.0,
     threads: int | None = None,
     command: Sequence[str] | None = None,
+    spec_options: Mapping[str, Any] | None = None,
+    api: Any = None,
+    rollback_on_failure: bool = True,
 ) -> DeployResult:
     """Dispatch on `mode`: none | manifest | cluster | local (see the module docstring).
+
+    `spec_options` are further InferenceServiceSpec fields (replicas, scale_target, arch,
+    tolerations, resources). In `cluster` mode the object is rolled out by
+    `rollout.rollout_inference_service`: created or merge-patched, waited for, and rolled back to
+    the previous version if it does not become Ready (`rollback_on_failure`); `api` is a
+    CustomObjectsApi to use instead of one built from `kube_config`.
 
     The InferenceService YAML is rendered whenever `model_uri` is a registry version
     (s3://<bucket>/<name>/<version>) and written to `manifest_path` when one is given (a
@@ -750,6 +875,7 @@ def deploy(
             model_name=model_name,
             deployment_mode=deployment_mode,
             canary_traffic_percent=canary_traffic_percent,
+            **dict(spec_options or {}),
         )
         isvc = build_inference_service(spec)
         manifest = render_yaml([isvc], header=f"InferenceService for {model_uri}")
@@ -763,12 +889,21 @@ def deploy(
     if mode == "cluster":
         if isvc is None:
             raise DeployError(f"cluster deploys need a registry version URI (s3://...), got {model_uri!r}")
-        api = k8s.CustomObjectsApi(kube_api_client(kube_config))
-        action = apply_inference_service(isvc, namespace, api=api)
-        endpoint = cluster_endpoint(name, namespace)
-        if cluster_ready_timeout_s > 0:
-            endpoint = wait_for_inference_service(name, namespace, api, cluster_ready_timeout_s) or endpoint
-        return DeployResult(mode, endpoint, manifest, manifest_path, name, action)
+        from components.deploy.rollout import rollout_inference_service  # it imports this module
+
+        if api is None:
+            api = k8s.CustomObjectsApi(kube_api_client(kube_config))
+        rolled = rollout_inference_service(
+            isvc,
+            api=api,
+            timeout_s=cluster_ready_timeout_s,
+            rollback_on_failure=rollback_on_failure,
+            wait=cluster_ready_timeout_s > 0,
+        )
+        action = f"{rolled.action} {namespace}/{name}"
+        return DeployResult(
+            mode, rolled.endpoint or cluster_endpoint(name, namespace), manifest, manifest_path, name, action
+        )
     if state_dir is None:
         raise ValueError("local deploys need a state directory")
     info = start_local_predictor(model_uri, model_name, state_dir, store, port, ready_timeout_s, threads, command)

@@ -84,3 +84,26 @@ def test_help_lists_the_commands() -> None:
     out = run_tsr("--help").stdout
     for command in ("evaluate", "serve", "pipeline", "models", "demo", "store"):
         assert command in out
+
+
+def test_rollout_commands_refuse_bad_input_and_missing_clusters(tmp_path: Path) -> None:
+    """Invalid combinations fail before any cluster access; no cluster is a clear one-line error, not a trace."""
+    env = {"KUBECONFIG": str(tmp_path / "none"), "TSR_STATE_DIR": str(tmp_path / "state")}
+    uri = "s3://models/gtsrb-classifier/20261123-000000-000000"
+    bad = run_tsr("deploy", uri, "--canary-percent", "10", env=env, check=False)
+    assert bad.returncode == 1 and "needs deployment_mode 'Knative'" in " ".join(bad.stderr.split())
+    for args in (("deploy", uri, "--timeout", "1"), ("promote",), ("rollback",)):
+        done = run_tsr(*args, "--kube-config", str(tmp_path / "none"), env=env, check=False)
+        assert done.returncode == 1, args
+        assert "no Kubernetes cluster configured" in " ".join(done.stderr.split()), done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_backend_report_is_json() -> None:
+    import platform
+
+    import torch
+
+    report = json.loads(run_tsr("backend").stdout)
+    assert report["machine"] == platform.machine()
+    assert report["mkldnn_available"] == torch.backends.mkldnn.is_available()
