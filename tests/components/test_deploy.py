@@ -77,7 +77,7 @@ def test_required_fields_and_annotations() -> None:
 def test_security_context_is_non_root_and_locked_down() -> None:
     predictor = manifest()["spec"]["predictor"]
     sc = predictor["containers"][0]["securityContext"]
-    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001  # the images' USER
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
