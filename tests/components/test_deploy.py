@@ -171,7 +171,9 @@ def test_service_account_references_the_secret() -> None:
 
 
 def test_no_credentials_in_rendered_yaml(tmp_path: Path) -> None:
-    store = StoreConfig(kind="s3", endpoint="127.0.0.1:9", access_key="tsr-accesskey1", secret_key="fake-secret-value-xyz")
+    store = StoreConfig(
+        kind="s3", endpoint="127.0.0.1:9", access_key="tsr-accesskey1", secret_key="fake-secret-value-xyz"
+    )
     result = d.deploy("manifest", URI, store=store, manifest_path=tmp_path / "isvc.yaml")
     text = (tmp_path / "isvc.yaml").read_text()
     assert text == result.manifest and "kind: InferenceService" in text
@@ -366,7 +368,9 @@ def _pid_running(pid: int) -> bool:
 
 
 def test_local_start_read_stop(tmp_path: Path, state: Path, fake: list[str]) -> None:
-    store = StoreConfig(kind="s3", endpoint="127.0.0.1:9", access_key="tsr-accesskey1", secret_key="fake-secret-value-xyz")
+    store = StoreConfig(
+        kind="s3", endpoint="127.0.0.1:9", access_key="tsr-accesskey1", secret_key="fake-secret-value-xyz"
+    )
     result = d.deploy(
         "local", URI, "gtsrb-classifier", state_dir=state, store=store, command=fake, manifest_path=tmp_path / "m.yaml"
     )
