@@ -108,7 +108,8 @@ manifests: venv
 compile: venv
 	$(PY) -m pipelines.compile --image $(COMPONENT_IMAGE)
 
-bench: bench-train bench-serving
+bench: venv $(TOOLS)/minio
+	$(PY) -m benchmarks.suite
 
 bench-train: venv
 	$(PY) -m benchmarks.train_default

@@ -5,11 +5,21 @@ A model directory holds:
   config.json        ModelConfig: architecture, classes, preprocessing, training parameters
   program.pt2        a `torch.export` program with a dynamic batch dimension, for runtimes
                      that do not want our Python classes (optional when loading)
+
+That is the "fp32" variant. The optimize step (components/optimize) writes two more, each a
+TorchScript archive plus config.json (no safetensors: the archive holds its own weights):
+  model.int8.ts      "int8": post-training static int8 quantization for `quant_engine`
+  model.frozen.ts    "exported": fp32, frozen weights, optimized for inference
+Every variant takes the same standardized float input (`to_model_input`), so callers of
+`load_model_dir` never need to know which one they got.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +34,8 @@ from tsr.preprocessing import PreprocessConfig
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 PROGRAM_FILE = "program.pt2"
+VARIANT_FILES = {"int8": "model.int8.ts", "exported": "model.frozen.ts"}
+VARIANTS = ("fp32", *VARIANT_FILES)
 
 DEFAULT_ARCH = "tsrnet"
 
@@ -107,6 +119,17 @@ class ModelConfig:
     # The training data's brightness distribution (tsr.drift.InputReference.to_dict()): the
     # predictor's drift baseline, carried with the weights so it always matches the model.
     input_reference: dict[str, Any] | None = None
+    # "fp32" (safetensors weights), "int8" or "exported" (a TorchScript archive, see VARIANT_FILES).
+    variant: str = "fp32"
+    # The quantized engine ("x86", "qnnpack", ...) an int8 archive was packed for; it must be
+    # available where the model is loaded, because packed weights are engine-specific.
+    quant_engine: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        if self.variant == "int8" and not self.quant_engine:
+            raise ValueError("an int8 variant needs the quant_engine it was quantized for")
 
     @property
     def num_classes(self) -> int:
@@ -128,6 +151,8 @@ class ModelConfig:
                 width=int(data.get("width", 16)),
                 train_params=dict(data.get("train_params", {})),
                 input_reference=dict(data["input_reference"]) if data.get("input_reference") else None,
+                variant=str(data.get("variant", "fp32")),
+                quant_engine=str(data["quant_engine"]) if data.get("quant_engine") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid model config: {exc!r}") from exc
@@ -135,6 +160,8 @@ class ModelConfig:
 
 def save_model_dir(model: nn.Module, config: ModelConfig, out_dir: Path, export_program: bool = True) -> None:
     """Write weights, config and (optionally) the exported program into `out_dir`."""
+    if config.variant != "fp32":
+        raise ValueError(f"save_model_dir writes fp32 models; use save_variant_dir for {config.variant!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -148,17 +175,76 @@ def save_model_dir(model: nn.Module, config: ModelConfig, out_dir: Path, export_
         torch.export.save(program, str(out_dir / PROGRAM_FILE))
 
 
-def load_model_dir(model_dir: Path) -> tuple[nn.Module, ModelConfig]:
-    """Rebuild the model from config + safetensors weights; the result is in eval mode."""
-    config_path = model_dir / CONFIG_FILE
-    weights_path = model_dir / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"model directory {model_dir} has no {path.name}")
+@contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """Silence torch 2.14's FutureWarning on every torch.jit call (TorchScript is deprecated there in
+    favour of torch.export); variants knowingly use it, and a warning per model load is only log noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+        yield
+
+
+def save_variant_dir(program: torch.jit.ScriptModule, config: ModelConfig, out_dir: Path) -> Path:
+    """Write an int8/exported variant: its TorchScript archive plus config.json; returns the archive path."""
+    if config.variant not in VARIANT_FILES:
+        raise ValueError(f"save_variant_dir writes {list(VARIANT_FILES)} variants, not {config.variant!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archive = out_dir / VARIANT_FILES[config.variant]
+    with quiet_torchscript():
+        torch.jit.save(program, str(archive))
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    return archive
+
+
+def supported_quant_engines() -> list[str]:
+    """The quantized engines this torch build can run (a function so tests can pretend another machine)."""
+    return list(torch.backends.quantized.supported_engines)
+
+
+def _load_variant(model_dir: Path, config: ModelConfig) -> nn.Module:
+    """Load an int8/exported TorchScript archive for serving on this machine."""
+    archive = model_dir / VARIANT_FILES[config.variant]
+    if not archive.is_file():
+        raise FileNotFoundError(f"model directory {model_dir} has no {archive.name} ({config.variant} variant)")
+    if config.variant == "int8":
+        engine = str(config.quant_engine)
+        if engine not in supported_quant_engines():
+            raise ValueError(
+                f"int8 variant was quantized for {engine}, which this machine does not support "
+                f"(supported: {supported_quant_engines()}); serve the fp32 version here"
+            )
+        # Packed int8 weights are re-packed for the *current* engine while the archive is read,
+        # so the engine must be set first. This is process-wide; one process serves one model.
+        torch.backends.quantized.engine = engine
+    # torch.jit.load is not pickle.load: TorchScript's unpickler only rebuilds tensors and the
+    # TorchScript types compiled from the archive's own TorchScript code, so it cannot import or
+    # call arbitrary Python objects. The bytes themselves are vouched for by the registry's SHA256SUMS.
     try:
-        config = ModelConfig.from_dict(json.loads(config_path.read_text()))
+        with quiet_torchscript():
+            program = torch.jit.load(str(archive), map_location="cpu")
+    except RuntimeError as exc:
+        raise ValueError(f"{archive}: not a loadable TorchScript archive ({exc})") from exc
+    program.eval()
+    return program
+
+
+def load_model_dir(model_dir: Path) -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the model of any variant; fp32 from config + safetensors. The result is in eval mode
+    and takes `to_model_input` batches whatever the variant."""
+    config_path = model_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"model directory {model_dir} has no {config_path.name}")
+    try:
+        raw = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{config_path}: not valid JSON ({exc})") from exc
+    variant = raw.get("variant", "fp32") if isinstance(raw, dict) else "fp32"
+    weights_path = model_dir / WEIGHTS_FILE
+    if variant == "fp32" and not weights_path.is_file():
+        raise FileNotFoundError(f"model directory {model_dir} has no {weights_path.name}")
+    config = ModelConfig.from_dict(raw)
+    if config.variant != "fp32":
+        return _load_variant(model_dir, config), config
     model = build_model(config.arch, config.num_classes, width=config.width)
     try:
         state = load_file(str(weights_path))
