@@ -3,7 +3,8 @@
 On a CPU a forward pass over 32 small images costs far less than 32 passes over one, so
 requests that arrive while the model is busy are queued and run together. A single worker
 task takes whatever is queued (up to `max_batch_size` images), waits at most `max_wait_s`
-for more when the batch is not full, and runs the batch in a dedicated one-thread executor:
+for more when the batch is not full and the previous pass was shared (under light traffic a
+lone request runs at once), and runs the batch in a dedicated one-thread executor:
 the event loop never runs inference, and only one pass holds torch's intra-op threads at a
 time. With `max_batch_size=1` every request runs alone (the unbatched baseline in the bench).
 """
@@ -58,6 +59,7 @@ class DynamicBatcher(Generic[T]):
         self._queue: asyncio.Queue[_Pending[T]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Pending[T] | None = None  # the request that did not fit the last pass leads the next
+        self._last_pass_requests = 0  # >1: requests are arriving together, worth waiting for more
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsr-forward")
 
     def _ensure_worker(self) -> asyncio.Queue[_Pending[T]]:
@@ -80,6 +82,8 @@ class DynamicBatcher(Generic[T]):
         deadline = time.perf_counter() + self.config.max_wait_s
         while size < self.config.max_batch_size:
             if queue.empty():
+                if self._last_pass_requests <= 1:
+                    break  # light traffic: nobody to wait for, a lone request goes at once
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -100,6 +104,7 @@ class DynamicBatcher(Generic[T]):
         loop = asyncio.get_running_loop()
         while True:
             batch = [p for p in await self._collect(queue) if not p.future.done()]  # drop cancelled clients
+            self._last_pass_requests = len(batch)
             if not batch:
                 continue
             started = time.perf_counter()

@@ -91,3 +91,14 @@ def test_a_failed_pass_fails_its_requests_only() -> None:
 def test_invalid_config_is_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         BatchingConfig(max_batch_size=0)
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    """Light traffic: with nothing else queued and no shared pass before, the request runs at once
+    instead of sitting out max_wait_s (set absurdly high here so a wait could not go unnoticed)."""
+    waits: list[float] = []
+    batcher = DynamicBatcher(
+        Recorder(), BatchingConfig(max_batch_size=32, max_wait_s=5.0), lambda n, w: waits.extend(w)
+    )
+    _run(batcher, [_images(1)])
+    assert waits and waits[0] < 2.5
