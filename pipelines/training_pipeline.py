@@ -19,6 +19,7 @@ from components.deploy.component import deploy_component
 from components.evaluate.component import evaluate_component
 from components.factory import DEFAULT_COMPONENT_IMAGE, containerized
 from components.ingest.component import ingest_component
+from components.optimize.component import optimize_component
 from components.register.component import register_component
 from components.train.component import train_component
 
@@ -35,6 +36,8 @@ S3_SECRET_ENV = {
 OS_LABEL = "kubernetes.io/os"
 ARCH_LABEL = "kubernetes.io/arch"
 STEPS = ("ingest", "train", "evaluate", "register", "deploy")
+# Steps that run only when a pipeline parameter asks for them (`optimize`); placed like the others.
+OPTIONAL_STEPS = ("optimize",)
 
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 _EFFECTS: tuple[str, ...] = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -108,6 +111,9 @@ def _default_steps() -> dict[str, StepResources]:
         "evaluate": StepResources(cpu_request="1", memory_request="2Gi", memory_limit="4Gi", cache=False),
         "register": StepResources(cpu_request="500m", memory_request="1Gi", memory_limit="2Gi", retries=3, cache=False),
         "deploy": StepResources(cpu_request="250m", memory_request="512Mi", memory_limit="1Gi", retries=3, cache=False),
+        # Deterministic given its inputs (seeded calibration sample), so cached like train; its latency
+        # numbers are those of the node it ran on.
+        "optimize": StepResources(cpu_request="2", memory_request="2Gi", memory_limit="4Gi", retries=0, cache=True),
     }
 
 
@@ -134,9 +140,9 @@ class Placement:
     retry_backoff_max: str = "1800s"
 
     def __post_init__(self) -> None:
-        unknown = set(self.steps) - set(STEPS)
+        unknown = set(self.steps) - set(STEPS) - set(OPTIONAL_STEPS)
         if unknown:
-            raise ValueError(f"unknown step(s) {sorted(unknown)} in placement; steps are {STEPS}")
+            raise ValueError(f"unknown step(s) {sorted(unknown)} in placement; steps are {STEPS + OPTIONAL_STEPS}")
         if self.train_arch and not self.train_arch.replace("_", "").isalnum():
             raise ValueError(f"train_arch must be a node arch label value such as arm64/amd64, got {self.train_arch!r}")
 
@@ -224,6 +230,7 @@ def build_pipeline(
     evaluate_op = containerized(evaluate_component, image)
     register_op = containerized(register_component, image)
     deploy_op = containerized(deploy_component, image)
+    optimize_op = containerized(optimize_component, image)
 
     def with_store(task: Any) -> Any:
         if use_k8s_secret:
@@ -254,6 +261,7 @@ def build_pipeline(
         namespace: str = "tsr",
         predictor_image: str = "ghcr.io/tsr-platform/tsr-predictor:0.1.0",
         run_id: str = "",
+        optimize: str = "",
     ) -> PipelineOutputs:
         ingest = with_store(
             ingest_op(
@@ -308,6 +316,39 @@ def build_pipeline(
                 )
             ).set_display_name("deploy")
             placed(deploy, "deploy")
+            # Optional: an int8 or frozen-TorchScript variant of the model just registered, evaluated by
+            # the same gate against the champion (that fp32 model, so the tolerance bounds what optimizing
+            # may cost) and registered as its own version without moving the alias. Placement: the
+            # "optimize" step's own (2 CPU, 2Gi/4Gi, cached), the evaluate and register steps' for theirs.
+            with dsl.If(optimize != "", name="optimize-requested"):
+                optimize_task = optimize_op(
+                    model=train.outputs["model"], dataset=ingest.outputs["dataset"], variant=optimize
+                ).set_display_name("optimize")
+                placed(optimize_task, "optimize")
+                evaluate_variant = with_store(
+                    evaluate_op(
+                        dataset=ingest.outputs["dataset"],
+                        model=optimize_task.outputs["optimized"],
+                        model_name=model_name,
+                        min_accuracy=min_accuracy,
+                        champion_tolerance=champion_tolerance,
+                        test_data=test_data,
+                    )
+                ).set_display_name("evaluate variant")
+                evaluate_variant.after(register)  # the champion it compares with is this run's fp32 model
+                placed(evaluate_variant, "evaluate")
+                with dsl.If(evaluate_variant.outputs["Output"] == "pass", name="variant-gate-passed"):
+                    register_variant = with_store(
+                        register_op(
+                            model=optimize_task.outputs["optimized"],
+                            dataset=ingest.outputs["dataset"],
+                            evaluation=evaluate_variant.outputs["evaluation"],
+                            model_name=model_name,
+                            run_id=run_id,
+                            promote=False,
+                        )
+                    ).set_display_name("register variant")
+                    placed(register_variant, "register")
         return PipelineOutputs(gate=evaluate.outputs["Output"], evaluation=evaluate.outputs["evaluation"])
 
     return training_pipeline

@@ -9,8 +9,12 @@ def register_component(
     evaluation: Input[Artifact],
     model_name: str = "gtsrb-classifier",
     run_id: str = "",
+    promote: bool = True,
 ) -> str:
-    """Returns the version URI (s3://models/<name>/<version>); credentials come from env/Secret."""
+    """Returns the version URI (s3://models/<name>/<version>); credentials come from env/Secret.
+
+    `promote=False` publishes without moving `champion` (how optimized variants are registered).
+    """
     import json
     from pathlib import Path
 
@@ -33,6 +37,11 @@ def register_component(
     card = build_model_card(model_name, model_config, metrics, read_data_card(Path(dataset.path)), result["gate"])
     card["run_id"] = run_id
     card["champion_before"] = result.get("champion")
-    registered = register(Path(model.path), model_name, card, store)
-    print(f"registered {registered.uri}; champion -> {registered.version}", flush=True)
+    card["variant"] = model_config.get("variant", "fp32")
+    optimization = Path(model.path) / "optimize.json"  # written by the optimize step: engine, latency, size
+    if optimization.is_file():
+        card["optimization"] = json.loads(optimization.read_text())
+    registered = register(Path(model.path), model_name, card, store, promote=promote)
+    moved = f"champion -> {registered.version}" if registered.champion_moved else "champion unchanged"
+    print(f"registered {registered.uri} ({card['variant']}); {moved}", flush=True)
     return registered.uri
