@@ -24,12 +24,13 @@ PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools prometheus monitoring manifests bench-train bench-serving demo test lint typecheck compile bench clean clean-state images actionlint
+.PHONY: help venv tools prometheus wrk monitoring manifests bench-train bench-serving demo test lint typecheck compile bench clean clean-state images actionlint
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
 	@echo "make test   - the test suite (what CI runs)"
-	@echo "make bench  - bench-train (default config on all data: accuracy, time) + bench-serving"
+	@echo "make bench  - the side-by-side benchmark suite (~5-15 min; results in benchmarks/results/)"
+	@echo "make bench-train - default config on all data: accuracy and training time (long)"
 	@echo "make bench-serving - predictor throughput with and without batching (wrk, concurrency 32)"
 	@echo "make monitoring - regenerate manifests/monitoring/ (alert rules, dashboard, monitors)"
 	@echo "make manifests - regenerate manifests/ (InferenceService, kustomize base and overlays)"
@@ -108,17 +109,19 @@ manifests: venv
 compile: venv
 	$(PY) -m pipelines.compile --image $(COMPONENT_IMAGE)
 
-bench: venv $(TOOLS)/minio
+bench: venv $(TOOLS)/minio wrk
 	$(PY) -m benchmarks.suite
 
 bench-train: venv
 	$(PY) -m benchmarks.train_default
 
 # wrk (Debian's package) drives the predictor: a C load generator leaves the server most of the CPU.
-bench-serving: venv
+wrk:
 	@command -v wrk >/dev/null || { sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
 	  $$sudo apt-get install -y -qq --no-install-recommends wrk >/dev/null 2>&1 || \
 	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends wrk >/dev/null; }; }
+
+bench-serving: venv wrk
 	$(PY) -m benchmarks.serving_throughput
 
 clean-state:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tsr.config import REPO_ROOT
+from tsr.config import REPO_ROOT, state_dir
+from tsr.local_minio import LocalMinio
 
 # Key names that hold credentials, assigned a literal value in YAML/JSON/TOML/Python/env syntax.
 ASSIGNMENT = re.compile(
@@ -71,9 +72,11 @@ def find_secrets(text: str) -> list[str]:
 
 def test_the_scanner_finds_what_it_should() -> None:
     """Guards the guard: each pattern fires on a planted value and stays quiet on placeholders."""
-    planted = 'secret_key: "q8Fz2LmX0pWv7RtY4nK3bH6d"\naccess_key = "AKIAIOSFODNN7EXAMPLE"\n'
+    # Planted values are assembled at run time so this file itself stays clean for the scan below.
+    key_id = "AKIA" + "IOSFODNN7EXAMPLE"
+    planted = f'secret_key: "{"q8Fz2LmX" + "0pWv7RtY4nK3bH6d"}"\naccess_key = "{key_id}"\n'
     assert len(find_secrets(planted)) >= 2
-    assert find_secrets("-----BEGIN RSA PRIVATE KEY-----")
+    assert find_secrets("-----BEGIN RSA " + "PRIVATE KEY-----")
     quiet = "secretkey: REPLACE_WITH_SECRET_KEY\naccess_key: tsr-access-key-name\ntoken_env: KFP_TOKEN\n"
     assert find_secrets(quiet) == []
 
@@ -91,8 +94,19 @@ def test_no_credentials_in_tracked_files() -> None:
     assert not hits, hits
 
 
+def test_generated_minio_credentials_stay_private(tmp_path: Path) -> None:
+    """Credentials the embedded MinIO generates land owner-only, in a git-ignored state folder."""
+    server = LocalMinio(root=tmp_path / "minio", binary=None)
+    access, secret = server.credentials()
+    assert len(secret) >= 32 and access != secret
+    assert server.credentials_file.stat().st_mode & 0o777 == 0o600
+    default_file = state_dir({}) / "minio" / "credentials.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(default_file)], cwd=REPO_ROOT, check=False)
+    assert ignored.returncode == 0, f"{default_file} is not git-ignored"
+
+
 def test_local_minio_credentials_never_reach_a_tracked_file() -> None:
-    creds_file = REPO_ROOT / ".state" / "minio" / "credentials.json"
+    creds_file = state_dir() / "minio" / "credentials.json"
     if not creds_file.is_file():
         pytest.skip("no local MinIO credentials on this machine yet (make demo creates them)")
     creds = json.loads(creds_file.read_text())
