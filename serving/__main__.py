@@ -25,7 +25,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reload-interval", type=float, default=0.0, help="seconds between registry alias checks (0 = off)"
     )
     parser.add_argument("--drift-window", type=int, default=1000, help="images in the rolling drift window")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--load-retries", type=int, default=5, help="first load: retries while the store is unreachable (0 = none)"
+    )
+    parser.add_argument(
+        "--load-backoff", type=float, default=1.0, help="seconds before the first load retry, doubled each time"
+    )
+    feedback = parser.add_argument_group("feedback data (off unless --feedback-uri is given; serving/README.md)")
+    feedback.add_argument("--feedback-uri", default=None, help="log sampled inputs + predictions to s3://bucket/prefix")
+    feedback.add_argument(
+        "--feedback-sample-rate", type=float, default=None, help="share of images logged, in (0, 1] (default 0.05)"
+    )
+    feedback.add_argument(
+        "--feedback-max-per-minute", type=int, default=None, help="most images logged a minute (default 600)"
+    )
+    feedback.add_argument(
+        "--feedback-retention-days", type=int, default=None, help="days until logged data expires (default 14)"
+    )
+    args = parser.parse_args(argv)
+    # Checked here so a bad value is a usage error (exit 2) naming the flag, before anything starts.
+    from serving.feedback import feedback_config
+    from tsr.validation import InvalidParameter
+
+    try:
+        args.feedback = feedback_config(
+            args.feedback_uri, args.feedback_sample_rate, args.feedback_max_per_minute, args.feedback_retention_days
+        )
+    except InvalidParameter as exc:
+        parser.error(f"argument --feedback-{exc.param.replace('_', '-')}: {exc.reason}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,12 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         reload_interval_s=args.reload_interval,
         drift_window=args.drift_window,
         drift_min_images=min(100, args.drift_window),
+        load_retries=args.load_retries,
+        load_backoff_s=args.load_backoff,
+        feedback=args.feedback,
     )
     if args.cache_dir is not None:
         cfg.cache_dir = args.cache_dir
     try:
         spec = parse_model_spec(args.model, args.model_name)
-        if spec.needs_store:
+        if spec.needs_store or cfg.feedback is not None:  # feedback goes to the registry's store
             with store_session() as store:
                 serve(cfg, store)
         else:

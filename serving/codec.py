@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,14 @@ def decode_encoded_image(data: bytes, where: str, image_size: int, limits: Codec
         img = decode_image(data, source=where, max_pixels=limits.max_pixels)
     except ImageDecodeError as exc:
         raise Rejected("undecodable_image", f"{exc} (max_pixels={limits.max_pixels})") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # Pillow's decoders raise more than OSError/ValueError on corrupt input: a PNG whose chunk
+        # lengths were damaged raises SyntaxError from load() (found by tests/serving/test_fuzz.py),
+        # other plugins struct.error, IndexError, EOFError. Whatever untrusted bytes make the
+        # decoder raise, the client sent an undecodable image: a 400, not a 500.
+        raise Rejected("undecodable_image", f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     return image_to_uint8(img, image_size)
 
 
@@ -208,18 +217,27 @@ def _v2_data(inp: InferInput) -> Any:
     if inp._raw_data is not None:
         try:
             return inp.as_numpy()
-        except ValueError as exc:
+        except (ValueError, struct.error) as exc:  # struct.error: a BYTES length prefix past the end
             raise Rejected("bad_shape", f"raw tensor data does not fit shape {list(inp.shape)}: {exc}") from exc
     return inp.data
 
 
+def _v2_shape(inp: InferInput, where: str) -> list[int]:
+    """The declared shape as ints; the binary extension hands kserve's JSON header over unvalidated."""
+    shape = inp.shape
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) for s in shape
+    ):
+        raise Rejected("bad_shape", f"{where}: shape must be a list of integers, got {repr(shape)[:80]}")
+    return [int(s) for s in shape]
+
+
 def _v2_bytes(inp: InferInput, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
+    shape = _v2_shape(inp, where)
     elements = _flatten(_v2_data(inp))
-    declared = math.prod(inp.shape) if inp.shape else 0
+    declared = math.prod(shape) if shape else 0
     if declared != len(elements):
-        raise Rejected(
-            "bad_shape", f"{where}: shape {inp.shape} declares {declared} images but data holds {len(elements)}"
-        )
+        raise Rejected("bad_shape", f"{where}: shape {shape} declares {declared} images but data holds {len(elements)}")
     _check_batch(len(elements), where, limits)
     images = []
     for i, element in enumerate(elements):
@@ -243,7 +261,7 @@ def _raw_or_base64(data: bytes) -> bytes:
 
 
 def _v2_tensor(inp: InferInput, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
-    shape = [int(s) for s in inp.shape]
+    shape = _v2_shape(inp, where)
     channels_last = inp.datatype == "UINT8"
     expected = "[N, H, W, 3] (or [H, W, 3])" if channels_last else "[N, 3, H, W] (or [3, H, W])"
     if len(shape) == 3:

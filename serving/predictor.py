@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import math
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,11 +26,13 @@ import numpy as np
 import orjson
 import torch
 from kserve import Model
+from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from torch import nn
 
 from serving.batcher import BatchingConfig, DynamicBatcher
 from serving.codec import CodecLimits, Rejected, decode_raw_image, decode_v1, decode_v2
+from serving.feedback import FeedbackConfig, FeedbackLogger
 from serving.guard import note_rejection
 from serving.monitoring.metrics import CHANNELS, PredictorMetrics, default_metrics
 from tsr.config import StoreConfig, state_dir
@@ -36,6 +40,7 @@ from tsr.drift import DriftMonitor, InputReference
 from tsr.models import ModelConfig, load_model_dir
 from tsr.preprocessing import resize_uint8, to_model_input
 from tsr.registry import Registry, materialize, parse_model_spec
+from tsr.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,21 @@ class PredictorOptions:
     reload_interval_s: float = 0.0  # poll the registry alias this often; 0 = only on POST .../load
     drift_window: int = 1000  # images in the rolling drift window
     drift_min_images: int = 100  # PSI is NaN until the window holds this many
+    feedback: FeedbackConfig | None = None  # store sampled inputs + predictions (serving/feedback.py); off by default
+    # The first load, when the store is unreachable (MinIO still starting, a network blip): this many
+    # more attempts, waiting load_backoff_s, then twice that, ... (at most load_backoff_max_s) in between.
+    # Other failures (no such version, checksum mismatch) are not retried. 5 retries wait 1+2+4+8+16 s.
+    load_retries: int = 5
+    load_backoff_s: float = 1.0
+    load_backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.load_retries < 0 or self.load_backoff_s < 0 or self.load_backoff_max_s < 0:
+            raise ValueError("load_retries, load_backoff_s and load_backoff_max_s must be >= 0")
+
+    def load_waits(self) -> list[float]:
+        """The waits before each retry: exponential, capped, `load_retries` of them."""
+        return [min(self.load_backoff_s * 2**i, self.load_backoff_max_s) for i in range(self.load_retries)]
 
 
 @dataclass(frozen=True)
@@ -128,11 +148,16 @@ class TSRPredictor(Model):
         self._loaded: LoadedModel | None = None
         self._reload_lock = asyncio.Lock()
         self._watch_task: asyncio.Task[None] | None = None
+        self._startup_task: asyncio.Task[None] | None = None
+        self.load_error: BaseException | None = None  # why the background first load gave up (server exits)
         self.batcher: DynamicBatcher[LoadedModel] = DynamicBatcher(
             self._forward, self.options.batching, self._observe_batch
         )
         self.engine = True  # asks KServe to call start_engine()/stop_engine(): the reload watcher
         self._export_drift_gauges()
+        self.feedback: FeedbackLogger | None = None
+        if self.options.feedback is not None:  # the same store as the model registry
+            self.feedback = FeedbackLogger(self.options.feedback, source.store, name, self.metrics)
 
     # ---- the model being served ----------------------------------------------------------------
 
@@ -209,6 +234,43 @@ class TSRPredictor(Model):
         self.ready = True
         return self.ready
 
+    async def load_with_retries(self) -> None:
+        """The first load, in the server's event loop, while the server already answers (not ready).
+
+        An unreachable store is retried with exponential backoff (`PredictorOptions.load_*`), one log
+        line per failed attempt; anything else (no such version, checksum mismatch) fails at once,
+        and so does the last attempt. `ready` turns True only after download, verification and warm-up.
+        """
+        waits = self.options.load_waits()
+        attempts = len(waits) + 1
+        started = time.monotonic()
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._reload_lock:  # a POST .../load meanwhile waits for this one
+                    loaded = await asyncio.to_thread(self._load_from_source)
+                    self._activate(loaded)
+                    self.ready = True
+                return
+            except StoreError as exc:
+                if not exc.transient:
+                    raise
+                if attempt == attempts:
+                    raise StoreError(
+                        f"gave up loading {self.source.spec!r} after {attempts} attempt{'s' * (attempts > 1)} "
+                        f"in {time.monotonic() - started:.0f}s (load_retries={len(waits)}): {exc}"
+                    ) from exc
+                wait = waits[attempt - 1]
+                log.warning(
+                    "model %s: loading %r failed (attempt %d/%d), next attempt in %.1fs: %s",
+                    self.name,
+                    self.source.spec,
+                    attempt,
+                    attempts,
+                    wait,
+                    exc,
+                )
+                await asyncio.sleep(wait)
+
     async def reload(self) -> bool:
         """Load the source again (the alias may point elsewhere now); True if the model changed.
 
@@ -248,16 +310,43 @@ class TSRPredictor(Model):
             except Exception as exc:  # keep serving the old model; the metric and the log say why
                 log.warning("model %s: reload failed, still serving %s: %s", self.name, self.model_uri, exc)
 
+    def start(self) -> None:
+        """KServe's `start` marks the model ready; here only a loaded model is ready (see `load*`)."""
+        self.ready = self._loaded is not None
+
     async def start_engine(self) -> None:
-        """KServe calls this inside the server's event loop: start polling the registry alias."""
+        """KServe calls this inside the server's event loop as the server starts: load the model in the
+        background if it is not loaded yet (readiness answers 503 until then), then poll the alias."""
+        self._startup_task = asyncio.get_running_loop().create_task(self._start(), name="tsr-load")
+        if self.feedback is not None:
+            self.feedback.start()
+
+    async def _start(self) -> None:
+        if self._loaded is None:
+            torch.set_num_threads(self.threads)  # on the loop's (main) thread, as `load` does
+            try:
+                await self.load_with_retries()
+            except Exception as exc:
+                # Stop the whole server the way the kubelet would (SIGTERM: graceful shutdown through
+                # uvicorn and KServe); `serve` then raises `load_error`, so the process exits non-zero.
+                self.load_error = exc
+                log.error("model %s: first load failed, stopping the server: %s", self.name, exc)
+                signal.raise_signal(signal.SIGTERM)
+                return
+            # Everything imported and loaded so far lives as long as the process: keep the cyclic GC
+            # from re-scanning it (torch + kserve are millions of objects; full collections stall requests).
+            gc.freeze()
         interval = self.options.reload_interval_s
         if interval > 0 and parse_model_spec(self.source.spec, self.name).needs_store:
             self._watch_task = asyncio.get_running_loop().create_task(self._watch(interval), name="tsr-reload")
 
     def stop_engine(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
+        for task in (self._startup_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         self.batcher.close()
+        if self.feedback is not None:
+            self.feedback.stop()  # uploads what is queued, for at most FeedbackConfig.flush_timeout_s
         self.ready = False
 
     # ---- KServe stages -------------------------------------------------------------------------
@@ -326,7 +415,10 @@ class TSRPredictor(Model):
             images = resize_uint8(images, size)  # decoded for a model with another input size (reload)
         if loaded.drift is not None:
             loaded.drift.update(images)
-        return self._run_model(loaded, images), loaded
+        probs = self._run_model(loaded, images)
+        if self.feedback is not None:  # a random draw per image here; encoding and upload in its own thread
+            self.feedback.offer(images, probs, loaded.config.class_names, loaded.version or "local", loaded.uri)
+        return probs, loaded
 
     @staticmethod
     def _run_model(loaded: LoadedModel, images: torch.Tensor) -> torch.Tensor:
@@ -381,6 +473,8 @@ class TSRPredictor(Model):
         return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict[str, Any]]:
+        if self._loaded is None:  # V2 metadata while the first load runs: 503 like readiness, not a 500
+            raise ModelNotReady(self.name)
         k = min(TOP_K, self.config.num_classes)
         return [
             {"name": "class_id", "datatype": "INT64", "shape": [-1]},

@@ -3,26 +3,37 @@
 kserve's `model_server` module parses `sys.argv` at import time and uses the result as
 constructor defaults; every ModelServer argument is therefore passed explicitly here, so
 what `tsr serve` or `python -m serving` was given is what runs, whatever else is on argv.
+
+The HTTP server starts before the model is loaded: the predictor is registered not ready and
+loads in the background (retrying an unreachable store), so liveness answers at once while
+every readiness endpoint, V1 `/v1/models/<name>` included, answers 503 until the model is
+loaded, verified and warmed up. KServe 0.21 would refuse to start without a ready model and
+answers `/v2/health/ready` with 200 unconditionally; `TSRModelServer` changes both.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 from fastapi.exceptions import RequestValidationError
 from kserve import ModelServer
 from kserve.constants.constants import KSERVE_TLS_CERT_FILE_ENV, KSERVE_TLS_KEY_FILE_ENV
-from kserve.errors import ModelNotFound
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
+from kserve.logging import KSERVE_LOGGER_DATE_FORMAT, KSERVE_LOGGER_FORMAT
+from kserve.model import BaseKServeModel
 from kserve.model_repository import ModelRepository
 from kserve.predictor_config import PredictorConfig
+from kserve.protocol.dataplane import DataPlane
 
 from serving.batcher import BatchingConfig
 from serving.codec import CodecLimits
+from serving.feedback import FeedbackConfig
 from serving.guard import RequestGuard, validation_error_handler
 from serving.monitoring.metrics import PredictorMetrics, default_metrics
 from serving.predictor import ModelSource, PredictorOptions, TSRPredictor, default_cache_dir
@@ -52,6 +63,9 @@ class ServeConfig:
     reload_interval_s: float = 0.0  # poll the registry alias; 0 = reload only on request
     drift_window: int = 1000
     drift_min_images: int = 100
+    load_retries: int = 5  # first load: retries while the store is unreachable; 0 = exit at the first failure
+    load_backoff_s: float = 1.0  # wait before the first retry, doubled each time (capped at 30 s)
+    feedback: FeedbackConfig | None = None  # log sampled inputs + predictions to s3:// (off by default)
 
     def limits(self) -> CodecLimits:
         return CodecLimits(max_batch=self.max_batch, max_pixels=self.max_pixels, max_image_bytes=self.max_image_bytes)
@@ -64,6 +78,9 @@ class ServeConfig:
             reload_interval_s=self.reload_interval_s,
             drift_window=self.drift_window,
             drift_min_images=self.drift_min_images,
+            load_retries=self.load_retries,
+            load_backoff_s=self.load_backoff_s,
+            feedback=self.feedback,
         )
 
 
@@ -80,8 +97,76 @@ class TSRModelRepository(ModelRepository):
         model = self.get_model(name)
         if not isinstance(model, TSRPredictor):
             raise ModelNotFound(name)
-        await model.reload()
+        try:
+            await model.reload()
+        except Exception as exc:  # KServe answers 503 with the message; the log says what still serves
+            logging.getLogger("serving.predictor").warning(
+                "model %s: reload failed, still serving %s: %s", name, model.model_uri, exc
+            )
+            raise
         return model.ready
+
+
+class ReadinessDataPlane(DataPlane):
+    """`/v2/health/ready` (and gRPC ServerReady): KServe answers True as soon as the server runs;
+    here only once every registered model is loaded."""
+
+    async def ready(self) -> bool:
+        models = self.model_registry.get_models().values()
+        return bool(models) and all(model.ready for model in models)
+
+
+class TSRModelServer(ModelServer):
+    """KServe's ModelServer, able to start before its model is loaded (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataplane = ReadinessDataPlane(model_registry=self.registered_models)
+
+    def _register_and_check_atleast_one_model_is_ready(self, models: Sequence[BaseKServeModel]) -> None:
+        """KServe registers only ready models and refuses to start without one; register them all,
+        so the model endpoints answer 503 (not 404) while `start_engine` loads in the background."""
+        for model in models:
+            self.register_model(model)
+            model.start()
+            if model.engine:
+                self.servers.append(model.start_engine())
+
+
+class _QuietNotReady(logging.Filter):
+    """KServe logs a full traceback for every 503 'not ready' answer, i.e. for every readiness probe
+    while the model loads; the load's own log lines already say why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ModelNotReady | ServerNotReady):
+            return False
+        if isinstance(exc, InvalidInput | ModelNotFound):
+            # A client's mistake: answered 4xx and counted in tsr_requests_rejected_total; one INFO line,
+            # not an ERROR with a traceback per bad request (a fuzzing client would flood the log).
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "client error (answered 4xx): %s", (exc,)
+        return True
+
+
+def configure_logging() -> None:
+    """KServe configures only its own loggers; ours (load retries, reloads) get its format on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(KSERVE_LOGGER_FORMAT, KSERVE_LOGGER_DATE_FORMAT))
+    for name in ("serving", "tsr"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+    # urllib3 logs each of its connection retries; the predictor logs one line per load attempt instead.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    # KServe's per-request timing lines (kserve.trace) repeat what the histograms already say.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    kserve_logger = logging.getLogger("kserve")
+    if not any(isinstance(f, _QuietNotReady) for f in kserve_logger.filters):
+        kserve_logger.addFilter(_QuietNotReady())
 
 
 def install_http_guard(cfg: ServeConfig, metrics: PredictorMetrics) -> None:
@@ -99,23 +184,18 @@ def install_http_guard(cfg: ServeConfig, metrics: PredictorMetrics) -> None:
 
 
 def serve(cfg: ServeConfig, store: StoreConfig | None) -> None:
-    """Load (and verify) the model first, then serve until SIGINT/SIGTERM.
+    """Serve until SIGINT/SIGTERM; the model loads in the background once the server runs.
 
-    Loading before the server starts means a bad model or checksum fails the process at
-    once instead of leaving a pod that answers /ready with 503 forever.
+    Readiness stays 503 until the model is loaded. A model that cannot be loaded (no such
+    version, checksum mismatch, store still unreachable after `load_retries`) stops the server
+    and is raised here, so the process exits non-zero instead of staying up never ready.
     """
-    # KServe's per-request timing lines (kserve.trace) repeat what the histograms already say.
-    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     prometheus_client.disable_created_metrics()  # no *_created series: half the series, no information
     metrics = default_metrics()
     predictor = build_predictor(cfg, store)
-    predictor.load()
-    # Everything imported and loaded so far lives as long as the process: keep the cyclic GC
-    # from re-scanning it (torch + kserve are millions of objects; full collections stall requests).
-    gc.freeze()
     repository = TSRModelRepository()
     install_http_guard(cfg, metrics)
-    server = ModelServer(
+    server = TSRModelServer(
         http_port=cfg.http_port,
         grpc_port=cfg.grpc_port if cfg.grpc_port is not None else _UNUSED_GRPC_PORT,
         enable_grpc=cfg.grpc_port is not None,
@@ -133,4 +213,7 @@ def serve(cfg: ServeConfig, store: StoreConfig | None) -> None:
         ssl_certfile=os.environ.get(KSERVE_TLS_CERT_FILE_ENV),
         ssl_keyfile=os.environ.get(KSERVE_TLS_KEY_FILE_ENV),
     )
+    configure_logging()  # after ModelServer(), which (re)configures KServe's loggers
     server.start([predictor])
+    if predictor.load_error is not None:
+        raise predictor.load_error

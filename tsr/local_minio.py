@@ -122,12 +122,13 @@ class LocalMinio:
             return self._config(port)
         return None
 
-    def start(self, timeout_s: float = 60.0) -> StoreConfig:
+    def start(self, timeout_s: float = 60.0, port: int | None = None) -> StoreConfig:
+        """Start the server; `port` pins the S3 port (a restart on the endpoint clients already use)."""
         if self.binary is None:
             raise RuntimeError("no MinIO binary: run `make tools` (needs Go) or put `minio` on PATH")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         access, secret = self.credentials()
-        port, console = free_port(), free_port()
+        port, console = port or free_port(), free_port()
         env = {
             **os.environ,
             "MINIO_ROOT_USER": access,

@@ -84,9 +84,14 @@ class TSRNet(nn.Module):
         return self.head(self.features(x))
 
 
+def is_known_arch(arch: str) -> bool:
+    """`tsrnet` or a `torchvision.models` classifier: checked where parameters arrive, not after ingest."""
+    return arch == DEFAULT_ARCH or arch in torchvision.models.list_models(module=torchvision.models)
+
+
 def _torchvision_model(arch: str, num_classes: int) -> nn.Module:
     """Any `torchvision.models` classifier by name, untrained, with small-image stems for ResNets."""
-    if arch not in torchvision.models.list_models(module=torchvision.models):
+    if not is_known_arch(arch):
         raise ValueError(
             f"unknown architecture {arch!r}: use {DEFAULT_ARCH!r} or a torchvision.models classifier "
             f"such as 'resnet18' or 'mobilenet_v3_small'"

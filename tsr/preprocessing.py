@@ -9,6 +9,7 @@ its augmentation between those two calls and nothing else differs.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,11 @@ def decode_image(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_PIXE
         return img.convert("RGB")
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:  # PIL's own message names a BytesIO object, not the input
+        what = "empty input" if not data else "not a PNG, JPEG, PPM or other image PIL can read"
+        raise ImageDecodeError(f"{source}: cannot decode image ({what})") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+        # Pillow's decoders raise SyntaxError/struct.error on damaged chunks (found by the fuzz tests).
         raise ImageDecodeError(f"{source}: cannot decode image ({exc})") from exc
 
 

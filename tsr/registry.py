@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tsr.config import DEFAULT_BUCKET, StoreConfig
-from tsr.store import ObjectStore, open_store, split_s3_uri
+from tsr.store import ObjectStore, StoreError, open_store, split_s3_uri
 
 SUMS_FILE = "SHA256SUMS"
 CARD_FILE = "model-card.json"
@@ -87,7 +87,13 @@ class Registry:
 
     # ---- writing ---------------------------------------------------------------------------
     def publish(self, name: str, model_dir: Path, card: dict[str, Any], version: str | None = None) -> str:
-        """Upload a model directory as a new immutable version and return the version id."""
+        """Upload a model directory as a new immutable version and return the version id.
+
+        Fails with a RegistryError when the store fails midway: the version then has no
+        SHA256SUMS, so it stays invisible and no alias moves. Publishing again with the same
+        `version` completes it (the half-written objects are replaced); a complete version is
+        never overwritten.
+        """
         check_name(name)
         version = check_name(version or new_version_id(), "version")
         files = sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -98,17 +104,38 @@ class Registry:
             raise RegistryError(f"model directory {model_dir} must not contain {sorted(reserved)}")
         self.store.ensure_bucket()
         prefix = f"{name}/{version}/"
-        if self.store.list(prefix):
-            raise RegistryError(f"version {self.uri(name, version)} already exists; versions are immutable")
+        uri = self.uri(name, version)
+        leftovers = self.store.list(prefix)
+        if prefix + SUMS_FILE in leftovers:
+            raise RegistryError(f"version {uri} already exists; versions are immutable")
         sums = {p.name: sha256_file(p) for p in files}
-        card = {**card, "name": name, "version": version, "uri": self.uri(name, version)}
+        card = {**card, "name": name, "version": version, "uri": uri}
         card_bytes = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
         sums[CARD_FILE] = hashlib.sha256(card_bytes).hexdigest()
-        for path in files:
-            self.store.put_file(prefix + path.name, path)
-        self.store.put_bytes(prefix + CARD_FILE, card_bytes, "application/json")
-        # The commit point: only now does the version become visible to readers.
-        self.store.put_bytes(prefix + SUMS_FILE, format_sums(sums).encode(), "text/plain")
+        uploads = len(files) + 2
+        done = 0
+        try:
+            # Objects of an earlier, interrupted publish of this version (no SHA256SUMS: never visible)
+            # are overwritten below; any that the new file set lacks are removed, so a retry after a
+            # failure yields exactly what an uninterrupted publish would have.
+            for stale in sorted(set(leftovers) - {prefix + n for n in sums}):
+                self.store.remove(stale)
+            for path in files:
+                self.store.put_file(prefix + path.name, path)
+                done += 1
+            self.store.put_bytes(prefix + CARD_FILE, card_bytes, "application/json")
+            done += 1
+            # The commit point: only now does the version become visible to readers.
+            self.store.put_bytes(prefix + SUMS_FILE, format_sums(sums).encode(), "text/plain")
+        except StoreError as exc:
+            if done < uploads - 1:
+                state = f"The version has no {SUMS_FILE}, so readers do not see it"
+            else:  # the commit marker's own upload failed: the server may or may not have stored it
+                state = f"Its {SUMS_FILE} (the commit marker) may be missing: readers see it only if it is there"
+            raise RegistryError(
+                f"publishing {uri} stopped after {done} of {uploads} objects: {exc}. {state}; no alias moved. "
+                f"Publish again with version={version!r} to complete it"
+            ) from exc
         return version
 
     def set_alias(self, name: str, version: str, alias: str = CHAMPION) -> None:

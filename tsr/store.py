@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -16,14 +17,46 @@ from pathlib import Path
 from typing import Protocol
 
 from minio import Minio
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
 from urllib3 import PoolManager, Retry, Timeout
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError
 
 from tsr.config import StoreConfig
 
 
 class StoreError(RuntimeError):
-    """The object store refused or failed an operation; the message names bucket and key."""
+    """The object store refused or failed an operation; the message names bucket, key and endpoint.
+
+    `transient` says whether trying again later can help (server unreachable, timed out, 5xx),
+    as opposed to a refusal that will not change by itself (bad credentials, access denied).
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# S3 error codes that mean "the server is busy or starting", not "the request is wrong".
+_TRANSIENT_S3_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "XMinioServerNotInitialized"}
+)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, S3Error):
+        return exc.code in _TRANSIENT_S3_CODES
+    return isinstance(exc, ServerError | HTTPError | OSError | TimeoutError)
+
+
+def _summarize(exc: BaseException) -> str:
+    """urllib3's retry error buries the cause in object reprs; say what happened in one phrase."""
+    if isinstance(exc, MaxRetryError) and exc.reason is not None:
+        # "HTTPConnection(host='127.0.0.1', port=9000): Failed to establish ..." -> the part after the repr
+        reason = re.sub(r"^<?[\w.]*HTTPS?Connection[^:]*:\s*", "", str(exc.reason))
+        if isinstance(exc.reason, ConnectTimeoutError):  # refused, unresolvable or timed out while connecting
+            return f"cannot reach the server ({reason}; retries exhausted)"
+        return f"no usable answer after retries ({reason})"
+    return str(exc)
 
 
 class ObjectStore(Protocol):
@@ -63,7 +96,9 @@ class S3Store:
         return f"s3://{self.bucket}/{key}"
 
     def _fail(self, action: str, key: str, exc: Exception) -> StoreError:
-        return StoreError(f"{action} {self.uri(key)} on {self.config.describe()} failed: {exc}")
+        return StoreError(
+            f"{action} {self.uri(key)} on {self.config.describe()} failed: {_summarize(exc)}", _is_transient(exc)
+        )
 
     @contextlib.contextmanager
     def _downloading(self, key: str) -> Iterator[None]:

@@ -725,6 +725,7 @@ class CommandResult:
     ok: bool
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    invalid: bool = False  # refused before any API call: the arguments can never work (the CLI's exit code 2)
 
 
 def _details(result: RolloutResult) -> dict[str, Any]:
@@ -785,10 +786,16 @@ def deploy_command(
     before any API call. Failures return ok=False with the message instead of raising.
     """
     try:
+        storage_uri = resolve_model_uri(model, model_name, registry)
+    except (RegistryError, DeployError) as exc:  # no such version or alias: a runtime failure, not bad arguments
+        return CommandResult(False, f"invalid deployment: {exc}")
+    except ValueError as exc:
+        return CommandResult(False, f"invalid deployment: {exc}", invalid=True)
+    try:
         spec = InferenceServiceSpec(
             name=isvc_name(model_name),
             namespace=namespace,
-            storage_uri=resolve_model_uri(model, model_name, registry),
+            storage_uri=storage_uri,
             image=image,
             service_account=service_account,
             model_name=model_name,
@@ -806,8 +813,8 @@ def deploy_command(
             arch_placement=arch_placement,
             tolerations=tuple(parse_toleration(t) for t in tolerations),
         )
-    except (ValueError, RegistryError, DeployError) as exc:
-        return CommandResult(False, f"invalid deployment: {exc}")
+    except (ValueError, DeployError) as exc:
+        return CommandResult(False, f"invalid deployment: {exc}", invalid=True)
     try:
         result = rollout_inference_service(
             build_inference_service(spec),

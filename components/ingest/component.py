@@ -15,6 +15,7 @@ def ingest_component(
     download: bool = False,
 ) -> None:
     """Read GTSRB/ImageFolder data (dir or s3://), split by track, write uint8 tensors + data card."""
+    import json
     from pathlib import Path
 
     from components.ingest.ingest import IngestConfig, ingest
@@ -34,3 +35,6 @@ def ingest_component(
     dataset.metadata.update({"layout": card["layout"], "fingerprint": card["fingerprint"]["value"], **card["totals"]})
     for key, value in card["totals"].items():
         stats.log_metric(key, value)
+    # Metrics live in metadata; the file too lets kfp.local's cache reuse this step (it treats an
+    # output artifact without a file as missing). On a cluster it is one more small object.
+    Path(stats.path).write_text(json.dumps(stats.metadata, indent=2, sort_keys=True))

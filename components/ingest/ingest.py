@@ -7,7 +7,9 @@ Plain Python, no KFP: the component in `component.py` and `tsr ingest` both call
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,17 +27,34 @@ from tsr.config import StoreConfig
 from tsr.drift import build_reference
 from tsr.gtsrb import CLASS_NAMES, TRAIN_FILE_RE
 from tsr.preprocessing import ImageDecodeError, channel_stats, decode_image, image_to_uint8
-from tsr.store import open_store, split_s3_uri
+from tsr.store import open_store
+from tsr.validation import (
+    InvalidParameter,
+    check_choice,
+    check_data_source,
+    check_output_dir,
+    check_range,
+    check_s3_uri,
+)
 
 IMAGE_SUFFIXES = {".ppm", ".png", ".jpg", ".jpeg", ".bmp"}
 TRAIN_FILE = "train.safetensors"
 VAL_FILE = "val.safetensors"
 CARD_FILE = "data-card.json"
+OUTPUT_FILES = frozenset({TRAIN_FILE, VAL_FILE, CARD_FILE})
 LAYOUTS = ("auto", "gtsrb", "imagefolder")
+SPLITS = ("train", "test")
+MAX_SKIPPED_LISTED = 20  # skipped files named in the data card (the count is always exact)
 
 
 class DataError(ValueError):
     """The data is unusable; the message names the file or folder at fault."""
+
+
+# (done, total) after each step of a long operation: images decoded, bytes downloaded. Plain callables,
+# so the CLI can draw progress bars while the KFP step (no terminal) passes none.
+ProgressCallback = Callable[[int, int], None]
+PROGRESS_EVERY = 256  # images between two progress reports
 
 
 @dataclass(frozen=True)
@@ -49,16 +68,22 @@ class IngestConfig:
     download: bool = False
     max_groups_per_class: int = 0  # 0 = all; >0 keeps the first N tracks (or images) per class
     threads: int = 4
+    # Off: an undecodable or unreadable image stops ingest, naming the file. On: such files are
+    # left out, counted and named in the data card (a class left with no image still stops it).
+    skip_corrupt: bool = False
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.split not in {"train", "test"}:
-            raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.max_groups_per_class < 0:
-            raise ValueError("max_groups_per_class must be >= 0")
+        """Refuse values that can never work before any file is read (`InvalidParameter` names the field).
+
+        The source itself is checked where it is opened (`local_copy`), so a bad one is a `DataError`.
+        """
+        check_choice("layout", self.layout, LAYOUTS)
+        check_choice("split", self.split, SPLITS)
+        check_range("val_fraction", self.val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_range("seed", self.seed, low=0)
+        check_range("image_size", self.image_size, low=8, high=1024)
+        check_range("max_groups_per_class", self.max_groups_per_class, low=0)
+        check_range("threads", self.threads, low=1)
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,7 @@ class LoadedImages:
     widths: list[int] = field(default_factory=list)
     heights: list[int] = field(default_factory=list)
     fingerprint: str = ""
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason) left out by skip_corrupt
 
 
 # ---- finding data --------------------------------------------------------------------------------
@@ -120,16 +146,27 @@ def list_gtsrb_train(base: Path) -> Listing:
     training = base / "Training"
     if not training.is_dir():
         raise DataError(f"{base}: no Training folder (expected {training})")
-    class_dirs = sorted(p for p in training.iterdir() if p.is_dir())
+    class_dirs = sorted(p for p in training.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{training}: no class folders 00000..00042")
-    samples: list[Sample] = []
     for class_dir in class_dirs:
         if not class_dir.name.isdigit():
             raise DataError(f"{class_dir}: class folder name must be a 5-digit class id")
+        if int(class_dir.name) >= len(CLASS_NAMES):
+            raise DataError(f"{class_dir}: class id {int(class_dir.name)} is outside 0..{len(CLASS_NAMES) - 1}")
+    # The label space is GTSRB's 43 classes: a model trained without one would still predict it,
+    # never having seen it. Fewer classes are an ImageFolder dataset (one folder per class).
+    present = {int(d.name) for d in class_dirs}
+    missing = [c for c in range(len(CLASS_NAMES)) if c not in present]
+    if missing:
+        named = ", ".join(f"{c:05d} ({CLASS_NAMES[c]})" for c in missing[:5]) + (" …" if len(missing) > 5 else "")
+        raise DataError(
+            f"{training}: missing class folder(s) {named}; the GTSRB layout needs all {len(CLASS_NAMES)} "
+            "classes (use the ImageFolder layout for a subset)"
+        )
+    samples: list[Sample] = []
+    for class_dir in class_dirs:
         label = int(class_dir.name)
-        if label >= len(CLASS_NAMES):
-            raise DataError(f"{class_dir}: class id {label} is outside 0..{len(CLASS_NAMES) - 1}")
         found = 0
         for path in sorted(class_dir.iterdir()):
             match = TRAIN_FILE_RE.match(path.name)
@@ -194,7 +231,7 @@ def list_imagefolder(root: Path) -> Listing:
 
 def list_source(root: Path, layout: str = "auto", split: str = "train") -> Listing:
     if not root.is_dir():
-        raise DataError(f"{root}: data directory does not exist")
+        raise DataError(f"{root}: " + ("is a file, not a data directory" if root.exists() else "does not exist"))
     layout = detect_layout(root) if layout == "auto" else layout
     if layout == "gtsrb":
         base = gtsrb_base(root)
@@ -221,85 +258,161 @@ def limit_groups(listing: Listing, max_groups_per_class: int) -> Listing:
 
 
 @contextmanager
-def local_copy(source: str, store: StoreConfig | None, download: bool) -> Iterator[Path]:
+def local_copy(
+    source: str, store: StoreConfig | None, download: bool, on_download: ProgressCallback | None = None
+) -> Iterator[Path]:
     """A local directory for `source`: the directory itself, a temp copy of an s3:// prefix,
-    or torchvision's GTSRB download into `source` when `download` is set."""
+    or torchvision's GTSRB download into `source` when `download` is set.
+
+    `on_download(done, total)` follows the copy: objects for s3://, bytes for torchvision's download.
+    """
+    try:
+        check_data_source("source", source, must_exist=False)
+    except InvalidParameter as exc:
+        raise DataError(exc.reason) from exc
     if source.startswith("s3://"):
         if store is None:
             raise DataError(f"{source}: an s3:// source needs a configured store")
-        bucket, prefix = split_s3_uri(source)
+        bucket, prefix = check_s3_uri("source", source)
         objects = open_store(store, bucket)
         keys = objects.list(prefix + "/" if prefix else "")
         if not keys:
             raise DataError(f"{source}: no objects under this prefix")
         tmp = Path(tempfile.mkdtemp(prefix="tsr-ingest-"))
         try:
-            for key in keys:
+            for done, key in enumerate(keys, 1):
                 objects.get_file(key, tmp / key[len(prefix) :].lstrip("/"))
+                if on_download is not None:
+                    on_download(done, len(keys))
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return
-    if "://" in source:
-        raise DataError(f"{source}: unknown URI scheme (use a directory or s3://bucket/prefix)")
     root = Path(source)
     if download:
         import torchvision
 
-        for split in ("train", "test"):
-            torchvision.datasets.GTSRB(str(root), split=split, download=True)
+        with _download_progress(on_download):
+            for split in ("train", "test"):
+                torchvision.datasets.GTSRB(str(root), split=split, download=True)
     yield root
+
+
+@contextmanager
+def _download_progress(on_download: ProgressCallback | None) -> Iterator[None]:
+    """Route torchvision's file downloads through `on_download(bytes done, bytes total)`.
+
+    torchvision draws its own tqdm bar and has no hook, so while a callback is given its private
+    `_urlretrieve` (same signature; checksums and extraction stay torchvision's) is swapped for one
+    that reports, summed over the files GTSRB fetches. Without a callback, or should a torchvision
+    release drop the function, the download runs unchanged.
+    """
+    from torchvision.datasets import utils as tv_utils
+
+    original = getattr(tv_utils, "_urlretrieve", None)
+    if on_download is None or original is None:
+        yield
+        return
+    finished = 0  # bytes of the files already downloaded
+
+    def urlretrieve(url: str, filename: str | Path, chunk_size: int = 1 << 15) -> None:
+        nonlocal finished
+        import urllib.request
+
+        request = urllib.request.Request(url, headers={"User-Agent": getattr(tv_utils, "USER_AGENT", "tsr")})
+        with urllib.request.urlopen(request) as response, open(filename, "wb") as fh:
+            total = int(getattr(response, "length", None) or response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(chunk_size):
+                fh.write(chunk)
+                done += len(chunk)
+                on_download(finished + done, finished + max(total, done))
+        finished += done
+
+    tv_utils._urlretrieve = urlretrieve
+    try:
+        yield
+    finally:
+        tv_utils._urlretrieve = original
 
 
 # ---- reading images --------------------------------------------------------------------------------
 def load_samples(
-    samples: list[Sample], image_size: int, threads: int = 4, progress: Callable[[int], None] | None = None
+    samples: list[Sample],
+    image_size: int,
+    threads: int = 4,
+    on_progress: ProgressCallback | None = None,
+    skip_corrupt: bool = False,
 ) -> LoadedImages:
-    """Decode every sample to uint8, recording original sizes and a content fingerprint."""
+    """Decode every sample to uint8, recording original sizes and a content fingerprint.
+
+    An unreadable, empty, truncated or undecodable file raises `DataError` naming it, unless
+    `skip_corrupt` is set: then it is left out and listed in `LoadedImages.skipped`.
+    """
     if not samples:
         raise DataError("no images to load")
 
-    def read(sample: Sample) -> tuple[torch.Tensor, int, int, str]:
+    def read(sample: Sample) -> tuple[torch.Tensor, int, int, str] | str:
         try:
             data = sample.path.read_bytes()
-        except OSError as exc:
-            raise DataError(f"{sample.path}: cannot read ({exc})") from exc
-        try:
+            if not data:
+                raise DataError(f"{sample.path}: empty file (0 bytes)")
             img = decode_image(data, source=str(sample.path))
-        except ImageDecodeError as exc:
-            raise DataError(str(exc)) from exc
-        return image_to_uint8(img, image_size), img.width, img.height, hashlib.sha256(data).hexdigest()
+            return image_to_uint8(img, image_size), img.width, img.height, hashlib.sha256(data).hexdigest()
+        except OSError as exc:
+            problem = DataError(f"{sample.path}: cannot read ({exc.strerror or exc})")
+        except (ImageDecodeError, DataError) as exc:
+            problem = DataError(str(exc))
+        if skip_corrupt:
+            return str(problem)
+        raise problem
 
     images = torch.empty((len(samples), 3, image_size, image_size), dtype=torch.uint8)
+    kept: list[Sample] = []
+    skipped: list[tuple[Path, str]] = []
     widths, heights, digests = [], [], []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for i, (tensor, w, h, digest) in enumerate(pool.map(read, samples, chunksize=64)):
-            images[i] = tensor
-            widths.append(w)
-            heights.append(h)
-            digests.append(digest)
-            if progress is not None and (i + 1) % 512 == 0:
-                progress(512)
-    if progress is not None:
-        progress(len(samples) % 512)
+        for i, (sample, result) in enumerate(zip(samples, pool.map(read, samples, chunksize=64), strict=True)):
+            if isinstance(result, str):
+                skipped.append((sample.path, result))
+            else:
+                tensor, w, h, digest = result
+                images[len(kept)] = tensor
+                kept.append(sample)
+                widths.append(w)
+                heights.append(h)
+                digests.append(digest)
+            if on_progress is not None and ((i + 1) % PROGRESS_EVERY == 0 or i + 1 == len(samples)):
+                on_progress(i + 1, len(samples))
+    if not kept:
+        raise DataError(f"none of the {len(samples)} images could be read; first: {skipped[0][1]}")
     fingerprint = hashlib.sha256()
-    for s, digest in sorted(zip((f"{s.label}/{s.path.name}" for s in samples), digests, strict=True)):
+    for s, digest in sorted(zip((f"{s.label}/{s.path.name}" for s in kept), digests, strict=True)):
         fingerprint.update(f"{s}\t{digest}\n".encode())
     split = Split(
-        images=images,
-        labels=torch.tensor([s.label for s in samples], dtype=torch.int64),
-        groups=torch.tensor([s.group for s in samples], dtype=torch.int64),
+        images=images[: len(kept)].clone() if skipped else images,
+        labels=torch.tensor([s.label for s in kept], dtype=torch.int64),
+        groups=torch.tensor([s.group for s in kept], dtype=torch.int64),
     )
-    return LoadedImages(split, widths, heights, fingerprint.hexdigest())
+    return LoadedImages(split, widths, heights, fingerprint.hexdigest(), skipped)
 
 
 def read_source(
-    source: str, split: str, image_size: int, store: StoreConfig | None = None, layout: str = "auto", threads: int = 4
+    source: str,
+    split: str,
+    image_size: int,
+    store: StoreConfig | None = None,
+    layout: str = "auto",
+    threads: int = 4,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[Split, list[str]]:
-    """Read a whole split (e.g. GTSRB test) for evaluation, without splitting it further."""
+    """Read a whole split (e.g. GTSRB test) for evaluation, without splitting it further.
+
+    `on_progress(done, total)` counts decoded images.
+    """
     with local_copy(source, store, download=False) as root:
         listing = list_source(root, layout, split)
-        return load_samples(listing.samples, image_size, threads).split, listing.class_names
+        return load_samples(listing.samples, image_size, threads, on_progress).split, listing.class_names
 
 
 # ---- splitting -----------------------------------------------------------------------------------
@@ -363,7 +476,7 @@ def make_data_card(
             "val": torch.bincount(val.labels, minlength=n).tolist(),
         },
         "totals": {
-            "images": len(listing.samples),
+            "images": len(loaded.split),
             "train": len(train),
             "val": len(val),
             "train_groups": int(torch.unique(train.groups).numel()),
@@ -374,21 +487,50 @@ def make_data_card(
         "channel_mean": [round(v, 6) for v in stats.mean()],
         "channel_std": [round(v, 6) for v in stats.std()],
         "input_reference": build_reference(train.images).to_dict(),
-        "fingerprint": {"algorithm": "sha256", "value": loaded.fingerprint, "files": len(listing.samples)},
+        "fingerprint": {"algorithm": "sha256", "value": loaded.fingerprint, "files": len(loaded.split)},
+        "skip_corrupt": config.skip_corrupt,
+        "skipped_images": {
+            "count": len(loaded.skipped),
+            # Relative to the dataset root (an s3:// source is read from a temp copy), first few only.
+            "files": [
+                {"file": _relative(path, listing.root), "reason": reason.removeprefix(f"{path}: ")}
+                for path, reason in loaded.skipped[:MAX_SKIPPED_LISTED]
+            ],
+        },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
-def ingest(
-    config: IngestConfig, out_dir: Path, store: StoreConfig | None = None, progress: Callable[[int], None] | None = None
-) -> dict[str, Any]:
-    """Read, split and write `train.safetensors`, `val.safetensors` and `data-card.json` into `out_dir`."""
-    import json
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
-    with local_copy(config.source, store, config.download) as root:
+
+def ingest(
+    config: IngestConfig,
+    out_dir: Path,
+    store: StoreConfig | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_download: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Read, split and write `train.safetensors`, `val.safetensors` and `data-card.json` into `out_dir`.
+
+    All or nothing: `out_dir` must be absent, empty or a previous ingest output (checked first),
+    and it only ever holds a complete dataset, which replaces the old one in a final rename.
+    `on_progress(done, total)` counts decoded images; `on_download` follows the copy of an s3://
+    source (objects) or torchvision's download (bytes).
+    """
+    check_output_dir("out_dir", out_dir, OUTPUT_FILES)
+    with local_copy(config.source, store, config.download, on_download) as root:
         listing = limit_groups(list_source(root, config.layout, config.split), config.max_groups_per_class)
-        loaded = load_samples(listing.samples, config.image_size, config.threads, progress)
+        loaded = load_samples(listing.samples, config.image_size, config.threads, on_progress, config.skip_corrupt)
     everything = loaded.split
+    unreadable = sorted({s.label for s in listing.samples} - set(everything.labels.tolist()))
+    if unreadable:
+        names = ", ".join(repr(listing.class_names[c]) for c in unreadable[:5])
+        raise DataError(f"{config.source}: every image of class(es) {names} was skipped as unreadable")
     train_idx, val_idx = split_by_group(everything.labels, everything.groups, config.val_fraction, config.seed)
     if len(val_idx) == 0:
         raise DataError(f"{config.source}: too little data for a validation split (every class has a single track)")
@@ -401,11 +543,45 @@ def ingest(
     if missing:
         raise DataError(f"{config.source}: classes without training images: {missing[:5]}")
     card = make_data_card(config, listing, loaded, train, val)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_split(train, out_dir / TRAIN_FILE)
-    save_split(val, out_dir / VAL_FILE)
-    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    write_dataset(out_dir, train, val, card)
     return card
+
+
+def write_dataset(out_dir: Path, train: Split, val: Split, card: dict[str, Any]) -> None:
+    """Write the three files into a hidden sibling directory, then rename it to `out_dir`.
+
+    A failure (disk full, a kill) leaves `out_dir` as it was: absent, empty, or the previous dataset.
+    """
+    import json
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        save_split(train, tmp / TRAIN_FILE)
+        save_split(val, tmp / VAL_FILE)
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """rename(2) replaces an absent or empty `target` atomically; a previous dataset is swapped out."""
+    try:
+        os.rename(new, target)
+        return
+    except OSError as exc:
+        if exc.errno not in {errno.ENOTEMPTY, errno.EEXIST}:
+            raise
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    os.rename(target, old / target.name)
+    try:
+        os.rename(new, target)
+    except OSError:
+        os.rename(old / target.name, target)  # the previous dataset goes back where it was
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_data_card(dataset_dir: Path) -> dict[str, Any]:

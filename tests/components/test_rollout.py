@@ -304,7 +304,7 @@ def test_rollback_on_failure_can_be_disabled() -> None:
 def test_invalid_commands_make_no_api_call(overrides: dict[str, Any]) -> None:
     api = FakeKServe()
     result = r.deploy_command(V1, api=api, **overrides)
-    assert not result.ok and result.message.startswith("invalid deployment")
+    assert not result.ok and result.invalid and result.message.startswith("invalid deployment")
     assert api.calls == []
 
 

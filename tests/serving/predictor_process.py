@@ -17,10 +17,14 @@ from tsr.config import REPO_ROOT
 
 
 @contextmanager
-def running_predictor(
+def predictor_process(
     args: list[str], log: Path, env: dict[str, str] | None = None, name: str = "gtsrb-classifier"
-) -> Iterator[str]:
-    """Start `python -m serving <args>`, wait until the model is ready, yield its base URL, stop it."""
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start `python -m serving <args>`, wait until the model is ready, yield its base URL and process, stop it.
+
+    The process is the server itself (one uvicorn worker, no fork), so its pid is the one to watch
+    for memory (tests/serving/test_fuzz.py, test_load.py).
+    """
     port = args[args.index("--http-port") + 1]
     with log.open("wb") as log_fh:
         proc = subprocess.Popen(
@@ -44,7 +48,7 @@ def running_predictor(
             if time.monotonic() > deadline:
                 pytest.fail(f"server not ready after 180s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -52,3 +56,20 @@ def running_predictor(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@contextmanager
+def running_predictor(
+    args: list[str], log: Path, env: dict[str, str] | None = None, name: str = "gtsrb-classifier"
+) -> Iterator[str]:
+    """Start `python -m serving <args>`, wait until the model is ready, yield its base URL, stop it."""
+    with predictor_process(args, log, env, name) as (url, _proc):
+        yield url
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (VmRSS from /proc/<pid>/status), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024  # reported in kB
+    raise RuntimeError(f"no VmRSS for pid {pid}")

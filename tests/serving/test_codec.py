@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image
 
-from serving.codec import CodecLimits, decode_v1, decode_v2
+from serving.codec import CodecLimits, Rejected, decode_raw_image, decode_v1, decode_v2
 from tsr.preprocessing import float_chw_to_uint8, image_to_uint8, load_image_file, resize_uint8
 
 SIZE = 32
@@ -167,3 +168,42 @@ def test_v2_errors_name_input_field_and_limit(request_: InferRequest, needles: l
         decode_v2(request_, SIZE, CodecLimits(max_batch=2, max_pixels=100))
     for needle in needles:
         assert needle in str(info.value), (needle, str(info.value))
+
+
+@pytest.mark.parametrize("shape", ["ab", None, True, [1.5, 1, 1, 3], [True, 1, 1, 3], [1, 1, 1, "3"], [[1], 1, 1, 3]])
+@pytest.mark.parametrize("datatype", ["BYTES", "UINT8"])
+def test_v2_shape_that_is_not_a_list_of_integers_is_rejected(shape: Any, datatype: str) -> None:
+    """Regression (fuzzing): the binary extension's JSON header reaches the codec unvalidated by kserve;
+    a string or None shape was a TypeError/ValueError (HTTP 500), a float or bool one was silently truncated."""
+    data: list[Any] = [_tiny_png()] if datatype == "BYTES" else [1, 2, 3]
+    with pytest.raises(Rejected) as info:
+        decode_v2(_v2(datatype, shape, data), SIZE, LIMITS)
+    assert info.value.category == "bad_shape"
+    assert "shape must be a list of integers" in str(info.value)
+
+
+def test_v2_raw_bytes_with_a_cut_length_prefix_is_rejected() -> None:
+    """Regression (fuzzing): a BYTES element whose 4-byte length runs past the data (gRPC raw contents)
+    raised struct.error from kserve's deserializer (gRPC INTERNAL) instead of INVALID_ARGUMENT."""
+    inp = InferInput(name="x", shape=[1], datatype="BYTES")
+    inp._raw_data = struct.pack("<I", 1000) + b"too short"
+    with pytest.raises(Rejected) as info:
+        decode_v2(InferRequest(model_name="m", infer_inputs=[inp]), SIZE, LIMITS)
+    assert info.value.category == "bad_shape"
+
+
+def test_png_with_a_damaged_chunk_length_is_rejected() -> None:
+    """Regression (fuzzing): Pillow raises SyntaxError ("broken PNG file") from load() when an IDAT
+    length is wrong; that escaped the shared decoder's error handling and was an HTTP 500."""
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    png = bytearray(buf.getvalue())
+    at = png.index(b"IDAT") - 4
+    png[at : at + 4] = struct.pack(">I", 100)  # the decoder then reads a chunk header from compressed data
+    with pytest.raises(Rejected) as info:
+        decode_raw_image(bytes(png), SIZE, LIMITS)
+    assert info.value.category == "undecodable_image"
+    assert "body: cannot decode image (SyntaxError: broken PNG file" in str(info.value)
+    with pytest.raises(Rejected, match=r"instances\[0\]\.b64: cannot decode image"):
+        decode_v1({"instances": [{"b64": _b64(bytes(png))}]}, SIZE, LIMITS)

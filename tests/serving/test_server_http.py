@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
+import json
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
@@ -263,3 +267,88 @@ def test_v1_raw_image_body(server: Server, image_paths: list[Path]) -> None:
     assert raw.json()["predictions"] == as_b64
     bad = httpx.post(url, content=b"not an image", headers={"content-type": "image/png"}, timeout=30)
     assert bad.status_code == 400 and "body" in bad.json()["error"]
+
+
+def _binary_v2(server: Server, inp: dict[str, Any], tail: bytes, length: str | None = None) -> httpx.Response:
+    """POST a V2 request in the binary-data extension: JSON header, then the tensor bytes."""
+    header = json.dumps({"inputs": [inp]}).encode()
+    headers = {
+        "inference-header-content-length": length or str(len(header)),
+        "content-type": "application/octet-stream",
+    }
+    return httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=header + tail, headers=headers, timeout=30)
+
+
+def test_v2_binary_extension_mistakes_get_400_not_500(server: Server, image_paths: list[Path]) -> None:
+    """Regression (fuzzing): kserve parses binary-extension bodies outside its error handling, so each of
+    these was a 500; the guard answers 400 naming the mistake, and a valid binary request still works."""
+    png = io.BytesIO()
+    Image.open(image_paths[0]).save(png, "PNG")
+    image = png.getvalue()  # starts with 0x89: never UTF-8
+    pixels = load_image_file(image_paths[0], 32).permute(1, 2, 0).numpy()
+    uint8 = {"name": "image", "shape": [1, 32, 32, 3], "datatype": "UINT8"}
+    ok = _binary_v2(server, {**uint8, "parameters": {"binary_data_size": pixels.size}}, pixels.tobytes())
+    assert ok.status_code == 200, ok.text
+    as_json = _v2(server, {"inputs": [{**uint8, "data": pixels.reshape(-1).tolist()}]})
+    assert {o["name"]: o for o in ok.json()["outputs"]}["class_id"] == {
+        o["name"]: o for o in as_json.json()["outputs"]
+    }["class_id"]
+    raw_element = struct.pack("<I", len(image)) + image
+    cases = [
+        (
+            {"name": "x", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw_element)}},
+            raw_element,
+            None,
+            "not UTF-8",
+        ),
+        ({**uint8, "parameters": {"binary_data_size": pixels.size}}, pixels.tobytes(), "abc", "header-content-length"),
+        ({**uint8, "parameters": {"binary_data_size": 5}}, b"12345", None, "needs 3072 bytes, got 5"),
+        ({**uint8, "parameters": {"binary_data_size": "x"}}, pixels.tobytes(), None, "binary_data_size"),
+        ({**uint8, "shape": "ab", "parameters": {"binary_data_size": 3}}, b"123", None, "shape must be a list"),
+        ({**uint8, "shape": [-1, -1], "parameters": {"binary_data_size": 3}}, b"123", None, "integers >= 0"),
+    ]
+    for inp, tail, length, needle in cases:
+        resp = _binary_v2(server, inp, tail, length)
+        assert resp.status_code == 400, (needle, resp.status_code, resp.text)
+        assert needle in resp.json()["error"], (needle, resp.text)
+    assert _v1(server, {"instances": [{"b64": _b64(image_paths[0])}]}).status_code == 200
+
+
+def test_model_versions_explain_and_unknown_model_reload_get_404(server: Server) -> None:
+    """Regression (fuzzing): kserve answers these with 501 (versions, explain) or 503 (reload of a model it
+    does not have), which read as server failures and feed TSRHighErrorRate; nothing here serves them."""
+    v2_body = {"inputs": [{"name": "x", "shape": [1, 1, 1, 3], "datatype": "UINT8", "data": [1, 2, 3]}]}
+    requests_ = [
+        ("POST", f"/v2/models/{NAME}/versions/1/infer"),
+        ("POST", f"/v2/models/{NAME}/infer?model_version=1"),
+        ("GET", f"/v2/models/{NAME}/versions/1"),
+        ("GET", f"/v2/models/{NAME}/versions/1/ready"),
+        ("GET", f"/v2/models/{NAME}?model_version=1"),
+        ("POST", f"/v1/models/{NAME}:explain"),
+        ("POST", "/v2/repository/models/no-such-model/load"),
+        ("POST", "/v2/repository/models/no-such-model/unload"),
+    ]
+    for method, path in requests_:
+        body = {"instances": [[[[1, 2, 3]]]]} if ":explain" in path else v2_body
+        resp = httpx.request(method, f"{server.url}{path}", json=body, timeout=30)
+        assert resp.status_code == 404, (path, resp.status_code, resp.text)
+        assert resp.json()["error"], path
+    # An empty version is no version: the endpoint answers as usual.
+    assert httpx.get(f"{server.url}/v2/models/{NAME}/ready?model_version=", timeout=10).status_code == 200
+    assert _v2(server, v2_body).status_code == 200
+
+
+def test_v1_raw_image_as_octet_stream(server: Server, image_paths: list[Path]) -> None:
+    """Regression (fuzzing): kserve 0.21 treats `application/octet-stream` as JSON, so every image sent
+    that way (curl --data-binary without an image content type) was a 400; JSON sent that way still works."""
+    url = f"{server.url}/v1/models/{NAME}:predict"
+    as_b64 = _v1(server, {"instances": [{"b64": _b64(image_paths[1])}]}).json()["predictions"]
+    raw = httpx.post(
+        url, content=image_paths[1].read_bytes(), headers={"content-type": "application/octet-stream"}, timeout=30
+    )
+    assert raw.status_code == 200, raw.text
+    assert raw.json()["predictions"] == as_b64
+    body = json.dumps({"instances": [{"b64": _b64(image_paths[1])}]}).encode()
+    as_json = httpx.post(url, content=body, headers={"content-type": "application/octet-stream"}, timeout=30)
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json()["predictions"] == as_b64
