@@ -24,7 +24,7 @@ PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools prometheus wrk monitoring manifests bench-train bench-serving demo test lint typecheck compile bench clean clean-state images actionlint
+.PHONY: help venv tools prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test lint typecheck compile bench clean clean-state images actionlint
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -37,6 +37,8 @@ help:
 	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml"
 	@echo "make images - build + push tsr-components and tsr-predictor for PLATFORMS (docker buildx; REGISTRY, TAG)"
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
+	@echo "make soak   - the locust load test for 10 minutes at 32 users (report in .state/soak)"
+	@echo "make fuzz   - the predictor fuzz tests with 10x the examples"
 
 $(VENV)/.stamp: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,15 +59,15 @@ $(TOOLS)/minio:
 	  echo "WARNING: neither Go nor minio found: tsr falls back to a local directory store"; \
 	fi
 
-# Prometheus + promtool from Debian's package (alert rule checks, the Prometheus integration test,
-# the demo's scrape). Best effort here; `make test` then insists on promtool being there.
+# Prometheus + promtool (and amtool, for the retrain receiver's Alertmanager snippet) from Debian's
+# packages (alert rule checks, the Prometheus integration test, the demo's scrape). Best effort here; `make test` then insists on promtool being there.
 prometheus:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null; then :; \
 	elif command -v apt-get >/dev/null; then \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
-	  echo "installing Debian's prometheus package (prometheus, promtool)"; \
-	  $$sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
-	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+	  echo "installing Debian's prometheus and prometheus-alertmanager packages (prometheus, promtool, amtool)"; \
+	  $$sudo apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; } || \
 	  echo "WARNING: could not install prometheus (needs root or sudo): monitoring checks will fail"; \
 	else \
 	  echo "WARNING: no apt-get: install prometheus + promtool yourself for the monitoring checks"; \
@@ -89,6 +91,7 @@ demo: venv $(TOOLS)/minio prometheus
 
 test: venv tools lint typecheck
 	@command -v promtool >/dev/null || { echo "promtool not found: see 'make prometheus'"; exit 1; }
+	@command -v amtool >/dev/null || { echo "amtool not found: see 'make prometheus'"; exit 1; }
 	$(PY) -m pytest -q
 
 lint: venv
@@ -100,6 +103,7 @@ typecheck: venv
 
 monitoring: venv
 	$(PY) -m serving.monitoring
+	cp manifests/monitoring/tsr-rules.yaml manifests/monitoring/grafana-dashboard.json helm/tsr-platform/files/
 
 # Regenerate manifests/inferenceservice.yaml and the kustomize base + overlays from the typed builders.
 manifests: venv
@@ -150,3 +154,10 @@ $(TOOLS)/actionlint:
 
 actionlint: $(TOOLS)/actionlint
 	$(TOOLS)/actionlint -color .github/workflows/*.yml
+
+soak: venv
+	TSR_LOAD_SECONDS=600 TSR_LOAD_USERS=32 TSR_LOAD_REPORT_DIR=.state/soak $(PY) -m pytest tests/serving/test_load.py -q -s
+
+# A deeper fuzz run than make test's (10x the examples; minutes).
+fuzz: venv
+	TSR_FUZZ_SCALE=10 $(PY) -m pytest tests/serving/test_fuzz.py -q -s

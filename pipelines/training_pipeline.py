@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, cast
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact
+from kfp.dsl import HTML, Artifact, Markdown
 
 from components.deploy.component import deploy_component
 from components.evaluate.component import evaluate_component
@@ -209,10 +209,13 @@ def apply_placement(task: Any, name: str, placement: Placement, kubernetes_platf
 
 
 class PipelineOutputs(NamedTuple):
-    """What a run reports back: the gate decision and the evaluation (metrics, champion, reason)."""
+    """What a run reports back: the gate decision, the evaluation (metrics, champion, reason), and the run
+    report (HTML) with its key numbers (Markdown), so `tsr demo` and a run's outputs page can point at them."""
 
     gate: str
     evaluation: Artifact
+    report: HTML
+    summary: Markdown
 
 
 def build_pipeline(
@@ -349,6 +352,11 @@ def build_pipeline(
                         )
                     ).set_display_name("register variant")
                     placed(register_variant, "register")
-        return PipelineOutputs(gate=evaluate.outputs["Output"], evaluation=evaluate.outputs["evaluation"])
+        return PipelineOutputs(
+            gate=evaluate.outputs["Output"],
+            evaluation=evaluate.outputs["evaluation"],
+            report=evaluate.outputs["report"],
+            summary=evaluate.outputs["summary"],
+        )
 
     return training_pipeline

@@ -2,7 +2,8 @@
 
 data -> embedded MinIO -> kfp.local pipeline (ingest, train, evaluate/gate, register, deploy
 locally) -> a real Prometheus scraping the predictor (when installed) -> real HTTP requests to
-the served champion -> summary and one JSON line.
+the served champion -> summary and one JSON line. The evaluate step's run report (HTML) and its
+Markdown summary are copied to `<state>/demo/` whatever the gate decided.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import tarfile
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import httpx
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from components.ingest.ingest import list_source, split_by_group
 from tsr.config import REPO_ROOT, state_dir
@@ -53,8 +56,13 @@ class DemoConfig:
     seed: int = 0
 
 
-def find_data(data_dir: Path | None, console: Console) -> tuple[str, bool]:
-    """(source, download?): an explicit dir, the cached extraction, the shared archive, or torchvision's download."""
+def find_data(
+    data_dir: Path | None, console: Console, on_progress: Callable[[int, int], None] | None = None
+) -> tuple[str, bool]:
+    """(source, download?): an explicit dir, the cached extraction, the shared archive, or torchvision's download.
+
+    `on_progress(done, total)` follows the archive's extraction in compressed bytes read.
+    """
     if data_dir is not None:
         if not data_dir.is_dir():
             raise ValueError(f"--data-dir {data_dir} does not exist")
@@ -67,13 +75,34 @@ def find_data(data_dir: Path | None, console: Console) -> tuple[str, bool]:
         console.print(f"extracting {archive} -> {cached}")
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".extract-"))
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        # Stream mode reads the archive once, front to back, so the bytes read measure the progress
+        # (and only ever calls read(): the cast tells tarfile's type stubs so).
+        with archive.open("rb") as raw:
+            source = cast(BinaryIO, _ReadCounter(raw, on_progress)) if on_progress is not None else raw
+            with tarfile.open(fileobj=source, mode="r|*") as tar:
+                tar.extractall(tmp, filter="data")
         shutil.rmtree(cached, ignore_errors=True)
         tmp.rename(cached)
         return str(cached), False
     console.print("no local GTSRB copy: downloading with torchvision")
     return str(cached), True
+
+
+class _ReadCounter:
+    """A read-only file that reports (bytes read, file size) after every read."""
+
+    def __init__(self, raw: BinaryIO, on_progress: Callable[[int, int], None] | None) -> None:
+        self.raw = raw
+        self.on_progress = on_progress
+        self.total = os.fstat(raw.fileno()).st_size
+        self.done = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.done += len(data)
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+        return data
 
 
 def sample_requests(source: str, cfg: DemoConfig) -> list[tuple[Path, int]]:
@@ -168,12 +197,31 @@ def await_scrape(server: LocalPrometheus, after: float, err: Console, timeout_s:
         err.print(f"WARNING: Prometheus has not scraped the predictor since the requests: {exc}", markup=False)
 
 
-def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
+def copy_report(report: Path | None, summary: Path | None, out_dir: Path) -> Path | None:
+    """Copy the run report (HTML) and its Markdown summary out of the kfp.local pipeline root to a fixed
+    place (`<state>/demo/report.html`, `summary.md`), so the latest run's report is always at one path."""
+    if report is None or not report.is_file():
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "report.html"
+    shutil.copyfile(report, target)
+    if summary is not None and summary.is_file():
+        shutil.copyfile(summary, out_dir / "summary.md")
+    return target
+
+
+def run_demo(
+    cfg: DemoConfig, out: Console, err: Console, on_extract: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
+    """The whole demo; the summary is printed on `out` and returned (the CLI prints it as JSON too).
+
+    `on_extract(done, total)` follows the extraction of the shared GTSRB archive, when that happens.
+    """
     from components.deploy.deploy import stop_local_predictor
     from pipelines.local_run import run_local
     from tsr.local_minio import store_session
 
-    source, download = find_data(cfg.data_dir, err)
+    source, download = find_data(cfg.data_dir, err, on_extract)
     state = state_dir()
     with store_session() as store:
         err.print(f"store: {store.describe()} ({store.origin})")
@@ -190,6 +238,7 @@ def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
         }
         result = run_local(params, store, state / "kfp-local")
         gate, accuracy = result.gate, result.accuracy
+        report = copy_report(result.report, result.summary, state / "demo")
         summary: dict[str, Any] = {
             "validation_accuracy": round(accuracy, 5),
             "gate": gate,
@@ -197,6 +246,7 @@ def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
             "store": store.describe(),
             "pipeline_seconds": round(result.seconds, 1),
             "run_id": result.run_id,
+            "report": str(report) if report else None,
             "predictions": [],
             "prometheus": None,
         }
@@ -227,30 +277,47 @@ def run_demo(cfg: DemoConfig, out: Console, err: Console) -> dict[str, Any]:
                     summary["prometheus"] = prometheus.url
             finally:
                 stop_local_predictor(state)
-    _print_summary(summary, cfg.model_name, out)
+    print_summary(summary, cfg.model_name, out)
     return summary
 
 
-def _print_summary(summary: dict[str, Any], model_name: str, out: Console) -> None:
-    colour = "green" if summary["gate"] == "pass" else "red"
-    out.rule("tsr demo")
-    out.print(f"validation accuracy  [bold]{100 * summary['validation_accuracy']:.2f}%[/]")
-    out.print(f"gate                 [bold {colour}]{summary['gate']}[/]")
-    out.print(f"model                {summary['model_uri']}")
-    out.print(f"store                {summary['store']}")
-    out.print(f"pipeline wall time   {summary['pipeline_seconds']} s")
+def print_summary(summary: dict[str, Any], model_name: str, out: Console) -> None:
+    """The demo's end for people: aligned key/value rows (gate coloured), then the sample predictions."""
+    from tsr.ui import confidence_text, gate_text, key_value_table, percent
+
+    rows: list[tuple[str, Any]] = [
+        ("validation accuracy", Text(percent(summary.get("validation_accuracy")), style="bold")),
+        ("gate", gate_text(summary.get("gate"))),
+        ("model", summary.get("model_uri")),
+        ("store", summary.get("store")),
+        ("pipeline wall time", f"{summary.get('pipeline_seconds')} s"),
+        ("run id", summary.get("run_id")),
+    ]
+    if summary.get("report"):
+        rows.append(("run report", summary["report"]))
+    if summary.get("endpoint"):
+        rows.append(("endpoint", f"{summary['endpoint']} (stopped at the end of the demo)"))
     if summary.get("prometheus"):
         url, query = summary["prometheus"], prometheus_query(model_name)
         link = f"{url}/graph?" + urllib.parse.urlencode({"g0.expr": query, "g0.tab": "1"})
-        out.print(f"prometheus           {url}  (left running; stop it with `tsr prometheus stop`)")
-        out.print(f"example query        {query}", markup=False, highlight=False, soft_wrap=True)
-        out.print(f"                     {link}", markup=False, highlight=False, soft_wrap=True)
-    if summary["predictions"]:
-        table = Table(title=f"predictions from {summary.get('endpoint')}")
-        for col in ("file", "true class", "predicted", "p", "ok"):
-            table.add_column(col)
+        rows.append(("prometheus", f"{url}  (left running; stop it with `tsr prometheus stop`)"))
+        rows.append(("example query", query))
+        rows.append(("", link))
+    out.rule("tsr demo")
+    out.print(key_value_table(rows))
+    if summary.get("predictions"):
+        correct = sum(1 for p in summary["predictions"] if p["correct"])
+        table = Table(
+            title=f"predictions from {summary.get('endpoint')}: {correct}/{len(summary['predictions'])} correct",
+            title_justify="left",
+            header_style="bold",
+        )
+        table.add_column("file", style="cyan")
+        table.add_column("true class")
+        table.add_column("predicted")
+        table.add_column("p", justify="right")
+        table.add_column("ok", justify="center")
         for p in summary["predictions"]:
-            table.add_row(
-                p["file"], p["true_class"], p["class_name"], f"{p['probability']:.3f}", "✔" if p["correct"] else "✘"
-            )
+            ok = Text("✔", style="green") if p["correct"] else Text("✘", style="bold red")
+            table.add_row(p["file"], p["true_class"], p["class_name"], confidence_text(p["probability"]), ok)
         out.print(table)

@@ -703,6 +703,7 @@ def start_local_predictor(
     timeout_s: float = 180.0,
     threads: int | None = None,
     command: Sequence[str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Start `python -m serving` detached and wait for /v2/models/<name>/ready; return the record.
 
@@ -711,6 +712,7 @@ def start_local_predictor(
     A predictor already recorded there is stopped first: one local endpoint, the newest model.
     The store reaches the child through the environment (StoreConfig.env()), never argv.
     `command` replaces `python -m serving` (the flags are appended); tests pass a fake server.
+    `extra_args` are more `python -m serving` flags (e.g. `--reload-interval` to follow `champion`).
     """
     stop_local_predictor(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -721,6 +723,7 @@ def start_local_predictor(
     argv += ["--http-port", str(port)]
     if threads:
         argv += ["--threads", str(threads)]
+    argv += list(extra_args)
     env = {**os.environ, **(store.env() if store is not None else {})}
     env.setdefault(ENV_STATE_DIR, str(state_dir))
     with log_path.open("wb") as log_fh:

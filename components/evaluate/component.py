@@ -1,6 +1,6 @@
-"""KFP wrapper for evaluation and the gate: metrics, confusion matrix, HTML report, pass/fail."""
+"""KFP wrapper for evaluation and the gate: metrics, confusion matrix, HTML report, Markdown summary, pass/fail."""
 
-from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def evaluate_component(
@@ -9,6 +9,7 @@ def evaluate_component(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
+    summary: Output[Markdown],
     evaluation: Output[Artifact],
     model_name: str = "gtsrb-classifier",
     min_accuracy: float = 0.95,
@@ -18,13 +19,15 @@ def evaluate_component(
     """Evaluate on the validation split (and a GTSRB test dir if given); returns the gate, "pass" or "fail".
 
     The gate is the single return value (KFP's "Output") on purpose: kfp.local's condition
-    evaluator resolves only that name for a task output inside `dsl.If`.
+    evaluator resolves only that name for a task output inside `dsl.If`. `report` is the run report
+    (training curves from the model's history.json, confusion heatmap, per-class accuracy with
+    misclassified samples, data card, champion comparison, latency histogram); `summary` its key numbers.
     """
     import json
     from pathlib import Path
 
     from components.evaluate.evaluate import GateConfig, run_evaluation
-    from components.evaluate.report import render_report
+    from components.evaluate.report import champion_delta, render_report, render_summary
     from tsr.config import explicit_store_config
 
     result = run_evaluation(
@@ -41,8 +44,15 @@ def evaluate_component(
             for key in ("accuracy", "macro_f1", "n"):
                 metrics.log_metric(f"{split}_{key}", result[split][key])
     metrics.log_metric("gate_passed", result["gate"]["result"] == "pass")
+    delta = champion_delta(result)
+    if delta is not None:
+        metrics.log_metric("champion_accuracy_delta", round(delta, 6))
+    for key in ("p50_ms", "p99_ms"):
+        if key in result["latency"]:
+            metrics.log_metric(f"latency_{key}", result["latency"][key])
     confusion.log_confusion_matrix(result["class_names"], val["confusion"])
     Path(report.path).write_text(render_report(result))
+    Path(summary.path).write_text(render_summary(result))
     Path(evaluation.path).write_text(json.dumps(result, indent=2))
     print(f"gate: {result['gate']['result']} ({result['gate']['reason']})", flush=True)
     return str(result["gate"]["result"])

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +15,13 @@ from torch import nn
 
 from components.ingest.ingest import Split
 from tsr.preprocessing import PreprocessConfig, to_model_input
+
+# Report material, gathered alongside the evaluation: cheap enough for every run.
+LATENCY_SAMPLES = 200  # single-image passes timed for the latency histogram
+WORST_CLASSES = 6  # classes whose misclassified images the report shows
+SAMPLES_PER_CLASS = 4
+EVAL_BATCH = 1024  # images per forward pass in the evaluation
+HISTORY_FILE = "history.json"  # written into the model directory by the train step
 
 
 @dataclass
@@ -45,13 +57,163 @@ class GateResult:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, pre: PreprocessConfig, batch_size: int = 1024) -> torch.Tensor:
-    """Predicted class ids for uint8 images, through the shared preprocessing path."""
+def predict_timed(
+    model: nn.Module, images: torch.Tensor, pre: PreprocessConfig, batch_size: int = EVAL_BATCH
+) -> tuple[torch.Tensor, list[float]]:
+    """Predicted class ids for uint8 images, and each batch's wall time in ms (preprocessing included).
+
+    The timing comes free with the evaluation pass, so the report's throughput costs nothing extra.
+    """
     model.eval()
-    out = [
-        model(to_model_input(images[s : s + batch_size], pre)).argmax(1) for s in range(0, images.shape[0], batch_size)
-    ]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    out, batch_ms = [], []
+    for s in range(0, images.shape[0], batch_size):
+        t0 = time.perf_counter()
+        out.append(model(to_model_input(images[s : s + batch_size], pre)).argmax(1))
+        batch_ms.append((time.perf_counter() - t0) * 1000)
+    return (torch.cat(out) if out else torch.empty(0, dtype=torch.int64)), batch_ms
+
+
+def predict(
+    model: nn.Module, images: torch.Tensor, pre: PreprocessConfig, batch_size: int = EVAL_BATCH
+) -> torch.Tensor:
+    """Predicted class ids for uint8 images, through the shared preprocessing path."""
+    return predict_timed(model, images, pre, batch_size)[0]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q  # linear interpolation between closest ranks, as numpy's default
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module,
+    images: torch.Tensor,
+    pre: PreprocessConfig,
+    samples: int = LATENCY_SAMPLES,
+    warmup: int = 5,
+    budget_s: float = 5.0,
+) -> dict[str, Any]:
+    """Single-image forward latency (preprocessing included) over `samples` images spread across the split.
+
+    Batch 1 is what an unbatched request costs the predictor; a few hundred passes of a small model take
+    well under a second, so the evaluate step stays quick; `budget_s` caps it on a slow model or a busy
+    node. Empty when there are no images.
+    """
+    model.eval()
+    n = int(images.shape[0])
+    if n == 0 or samples <= 0:
+        return {"batch_size": 1, "samples_ms": [], "threads": torch.get_num_threads()}
+    index = torch.linspace(0, n - 1, min(samples, n)).round().long().tolist()
+    for i in index[:warmup]:
+        model(to_model_input(images[i : i + 1], pre))
+    timings: list[float] = []
+    deadline = time.perf_counter() + budget_s  # a slow model or a busy node gets fewer samples, not a slow step
+    for i in index:
+        t0 = time.perf_counter()
+        model(to_model_input(images[i : i + 1], pre)).argmax(1)
+        timings.append((time.perf_counter() - t0) * 1000)
+        if t0 > deadline:
+            break
+    return {
+        "batch_size": 1,
+        "samples_ms": [round(t, 4) for t in timings],
+        "threads": torch.get_num_threads(),
+        **latency_summary(timings),
+    }
+
+
+def latency_summary(samples_ms: list[float]) -> dict[str, float]:
+    """p50/p90/p99/mean of latency samples in ms (empty for no samples)."""
+    if not samples_ms:
+        return {}
+    return {
+        "p50_ms": round(_percentile(samples_ms, 0.50), 4),
+        "p90_ms": round(_percentile(samples_ms, 0.90), 4),
+        "p99_ms": round(_percentile(samples_ms, 0.99), 4),
+        "mean_ms": round(sum(samples_ms) / len(samples_ms), 4),
+    }
+
+
+def png_base64(image: torch.Tensor) -> str:
+    """A uint8 CHW image as a base64 PNG (the report upscales it with CSS, so the file stays tiny)."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).contiguous().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def misclassified_samples(
+    split: Split,
+    y_pred: torch.Tensor,
+    metrics: EvalMetrics,
+    class_names: list[str],
+    worst: int = WORST_CLASSES,
+    per_class: int = SAMPLES_PER_CLASS,
+) -> list[dict[str, Any]]:
+    """The `worst` classes by accuracy that have errors, each with up to `per_class` wrong images.
+
+    Images are spread over the class's errors: GTSRB tracks are runs of near-identical frames, so the
+    first few errors would often show the same sign four times.
+    """
+    ranked = sorted(
+        (acc, -sum(metrics.confusion[c]), c)
+        for c, acc in enumerate(metrics.per_class_accuracy)
+        if acc is not None and acc < 1.0
+    )  # lowest accuracy first; among equals, the class with more images (so more errors)
+    out = []
+    for acc, _, c in ranked[:worst]:
+        wrong = torch.nonzero((split.labels == c) & (y_pred != c)).flatten()
+        picks = wrong[torch.linspace(0, len(wrong) - 1, min(per_class, len(wrong))).round().long()]
+        row = metrics.confusion[c]
+        out.append(
+            {
+                "class_id": c,
+                "class_name": class_names[c],
+                "accuracy": acc,
+                "support": sum(row),
+                "errors": len(wrong),
+                "samples": [
+                    {
+                        "predicted": int(y_pred[i]),
+                        "predicted_name": class_names[int(y_pred[i])],
+                        "png_base64": png_base64(split.images[i]),
+                    }
+                    for i in picks.tolist()
+                ],
+            }
+        )
+    return out
+
+
+def data_card_summary(card: dict[str, Any]) -> dict[str, Any]:
+    """What the report shows of ingest's data card: identity, counts, pixel statistics.
+
+    Leaves out the class names (the evaluation has them) and the drift reference histograms (bulky).
+    """
+    keep = (
+        "source",
+        "layout",
+        "split_strategy",
+        "seed",
+        "val_fraction",
+        "max_groups_per_class",
+        "num_classes",
+        "counts",
+        "totals",
+        "original_size",
+        "image_size",
+        "channel_mean",
+        "channel_std",
+        "fingerprint",
+        "created",
+    )
+    return {key: card[key] for key in keep if key in card}
 
 
 def compute_metrics(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> EvalMetrics:
@@ -100,10 +262,13 @@ def gate(accuracy: float, cfg: GateConfig, champion_accuracy: float | None) -> G
     return GateResult(True, f"accuracy {accuracy:.4f} >= {cfg.min_accuracy:.4f}; {against}")
 
 
-def champion_accuracy_on(
+def champion_metrics_on(
     split: Split, num_classes: int, store: Any, model_name: str, cache_dir: Any
-) -> tuple[float | None, str | None]:
-    """Re-evaluate the current champion on the challenger's own split, so the gate compares like with like."""
+) -> tuple[EvalMetrics | None, str | None]:
+    """Re-evaluate the current champion on the challenger's own split, so the gate compares like with like.
+
+    (None, uri) when the champion has another class set; (None, None) when there is none or no store.
+    """
     from tsr.models import load_model_dir
     from tsr.registry import CHAMPION, Registry, RegistryError
 
@@ -123,29 +288,66 @@ def champion_accuracy_on(
     model, config = load_model_dir(model_dir)
     if config.num_classes != num_classes:
         return None, registry.uri(model_name, version)
-    return evaluate_model(model, config.preprocess, num_classes, split).accuracy, registry.uri(model_name, version)
+    return evaluate_model(model, config.preprocess, num_classes, split), registry.uri(model_name, version)
+
+
+def read_history(model_dir: Path) -> dict[str, Any] | None:
+    """The train step's per-epoch history, or None (optimized variants and foreign models have none)."""
+    path = model_dir / HISTORY_FILE
+    if not path.is_file():
+        return None
+    history: dict[str, Any] = json.loads(path.read_text())
+    return history if history.get("epochs") else None
 
 
 def run_evaluation(
     model_dir: Any, dataset_dir: Any, gate_cfg: GateConfig, model_name: str, test_data: str = "", store: Any = None
 ) -> dict[str, Any]:
-    """Validation (and optional test) metrics, the champion comparison and the gate decision."""
+    """Validation (and optional test) metrics, the champion comparison, the gate decision, and what the
+    run report needs: latency samples, misclassified images, the data card and the training history."""
     import tempfile
-    from pathlib import Path
 
-    from components.ingest.ingest import VAL_FILE, load_split, read_source
+    from components.ingest.ingest import CARD_FILE, VAL_FILE, load_split, read_data_card, read_source
     from tsr.models import load_model_dir
 
-    model, config = load_model_dir(Path(model_dir))
-    val = load_split(Path(dataset_dir) / VAL_FILE)
-    val_metrics = evaluate_model(model, config.preprocess, config.num_classes, val)
+    model_dir, dataset_dir = Path(model_dir), Path(dataset_dir)
+    model, config = load_model_dir(model_dir)
+    val = load_split(dataset_dir / VAL_FILE)
+    y_pred, batch_ms = predict_timed(model, val.images, config.preprocess, EVAL_BATCH)
+    val_metrics = compute_metrics(val.labels, y_pred, config.num_classes)
     result: dict[str, Any] = {"validation": val_metrics.to_dict(), "class_names": config.class_names}
     if test_data:
         test_split, _ = read_source(test_data, "test", config.preprocess.image_size, store)
         result["test"] = evaluate_model(model, config.preprocess, config.num_classes, test_split).to_dict()
+    latency = measure_latency(model, val.images, config.preprocess)
+    latency["batched"] = {
+        "batch_size": EVAL_BATCH,
+        "batch_ms": [round(t, 3) for t in batch_ms],
+        "images_per_second": round(len(val) / (sum(batch_ms) / 1000), 1) if sum(batch_ms) > 0 else None,
+    }
     with tempfile.TemporaryDirectory(prefix="tsr-champion-") as cache:
-        champ_acc, champ_uri = champion_accuracy_on(val, config.num_classes, store, model_name, Path(cache))
+        champ, champ_uri = champion_metrics_on(val, config.num_classes, store, model_name, Path(cache))
+    champ_acc = champ.accuracy if champ is not None else None
     decision = gate(val_metrics.accuracy, gate_cfg, champ_acc)
-    result["champion"] = {"uri": champ_uri, "accuracy": champ_acc}
+    result["champion"] = {
+        "uri": champ_uri,
+        "accuracy": champ_acc,
+        "macro_f1": champ.macro_f1 if champ is not None else None,
+    }
     result["gate"] = {"result": decision.label, "reason": decision.reason, **asdict(gate_cfg)}
+    result["latency"] = latency
+    result["report"] = {
+        "champion_per_class_accuracy": champ.per_class_accuracy if champ is not None else None,
+        "misclassified": misclassified_samples(val, y_pred, val_metrics, config.class_names),
+        "data": data_card_summary(read_data_card(dataset_dir)) if (dataset_dir / CARD_FILE).is_file() else None,
+        "history": read_history(model_dir),
+        "model": {"name": model_name, "arch": config.arch, "variant": _variant(model_dir)},
+    }
     return result
+
+
+def _variant(model_dir: Path) -> str:
+    try:
+        return str(json.loads((model_dir / "config.json").read_text()).get("variant", "fp32"))
+    except (OSError, ValueError):
+        return "fp32"

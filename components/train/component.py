@@ -15,14 +15,16 @@ def train_component(
     threads: int = 0,
 ) -> None:
     """Train from scratch; weights (safetensors), config and an exported program form the Model."""
+    import json
     from pathlib import Path
 
     from components.ingest.ingest import TRAIN_FILE, VAL_FILE, load_split, read_data_card
     from components.train.train import EpochLog, TrainConfig, train, write_model
 
+    # Parameters first: a bad one fails the step before the dataset is read.
+    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     data_dir = Path(dataset.path)
     card = read_data_card(data_dir)
-    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
 
     def log_epoch(log: EpochLog) -> None:
         print(
@@ -45,4 +47,6 @@ def train_component(
     metrics.log_metric("train_seconds", round(result.train_seconds, 1))
     metrics.log_metric("images_per_second", round(result.images_per_second, 1))
     metrics.log_metric("final_val_accuracy", round(result.history[-1].val_accuracy, 5))
+    # As in ingest: a file for the Metrics artifact, so kfp.local's cache can reuse this step.
+    Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=2, sort_keys=True))
     model.metadata.update({"arch": arch, "epochs": epochs, "framework": "pytorch"})

@@ -22,8 +22,9 @@ from torch import nn
 
 from components.ingest.ingest import Split
 from tsr.drift import build_reference
-from tsr.models import DEFAULT_ARCH, ModelConfig, build_model, save_model_dir
-from tsr.preprocessing import PreprocessConfig, channel_stats, prepare, standardize
+from tsr.models import DEFAULT_ARCH, ModelConfig, build_model, is_known_arch, save_model_dir
+from tsr.preprocessing import CONTRAST_MODES, PreprocessConfig, channel_stats, prepare, standardize
+from tsr.validation import InvalidParameter, check_choice, check_range
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,23 @@ class TrainConfig:
     export_program: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if not (0 < self.lr < 10):
-            raise ValueError(f"lr must be in (0, 10), got {self.lr}")
-        if self.threads < 0:
-            raise ValueError("threads must be >= 0")
+        """Refuse values that can never train before any data is loaded (`InvalidParameter` names the field)."""
+        if not is_known_arch(self.arch):
+            raise InvalidParameter(
+                "arch", f"unknown architecture {self.arch!r}: use {DEFAULT_ARCH!r} or a torchvision.models classifier"
+            )
+        check_range("width", self.width, low=1)
+        check_range("epochs", self.epochs, low=1)
+        check_range("batch_size", self.batch_size, low=2)  # BatchNorm needs two samples per batch
+        check_range("lr", self.lr, low=0.0, high=10.0, low_open=True, high_open=True)
+        check_range("weight_decay", self.weight_decay, low=0.0)
+        check_range("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        check_range("seed", self.seed, low=0)
+        check_range("threads", self.threads, low=0)
+        check_choice("contrast", self.contrast, sorted(CONTRAST_MODES))
+        for name in ("rotate_deg", "scale", "translate"):
+            check_range(name, getattr(self, name), low=0.0)
+        check_range("erase", self.erase, low=0.0, high=1.0)
 
 
 @dataclass
@@ -61,7 +73,8 @@ class EpochLog:
     train_accuracy: float
     val_loss: float
     val_accuracy: float
-    seconds: float
+    seconds: float  # the whole epoch, validation pass included
+    lr: float = float("nan")  # the learning rate of the epoch's last step (one-cycle: it changes every step)
 
 
 @dataclass
@@ -191,6 +204,7 @@ def train(
             t_epoch = time.perf_counter()
             order = torch.randperm(len(train_split), generator=gen)
             loss_sum, correct, count = 0.0, 0, 0
+            lr = float(optimizer.param_groups[0]["lr"])
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm needs two samples
@@ -204,6 +218,7 @@ def train(
                 loss = criterion(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                lr = float(optimizer.param_groups[0]["lr"])  # recorded for the run report's curves
                 optimizer.step()
                 schedule.step()
                 loss_sum += float(loss.detach()) * len(idx)
@@ -222,6 +237,7 @@ def train(
                 val_loss,
                 val_acc,
                 time.perf_counter() - t_epoch,
+                lr,
             )
             history.append(log)
             if on_epoch is not None:

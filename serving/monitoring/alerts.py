@@ -183,25 +183,34 @@ class RuleGroup:
 
 
 def recording_rules(cfg: AlertConfig) -> tuple[RecordingRule, ...]:
-    """Per-model request rate, 5xx and rejection ratios, p99 latency, mean confidence (per version)."""
+    """Per-model request rate, 5xx and rejection ratios, p99 latency, mean confidence (per version).
+
+    Every aggregation keeps `namespace`: prometheus-operator's AlertmanagerConfig (manifests/retrain/)
+    only matches alerts carrying the namespace label; locally the label is absent and changes nothing.
+    """
     sel, w, rec = cfg.selector, cfg.rate_window, cfg.records
     return (
-        RecordingRule(rec.requests, f"sum by (model) (rate(tsr_request_duration_seconds_count{{{sel}}}[{w}]))"),
         RecordingRule(
-            rec.errors,
-            f'sum by (model) (rate(tsr_request_duration_seconds_count{{{sel}, code=~"5.."}}[{w}])) / {rec.requests}',
+            rec.requests, f"sum by (namespace, model) (rate(tsr_request_duration_seconds_count{{{sel}}}[{w}]))"
         ),
         RecordingRule(
-            rec.rejections, f"sum by (model) (rate(tsr_requests_rejected_total{{{sel}}}[{w}])) / {rec.requests}"
+            rec.errors,
+            f'sum by (namespace, model) (rate(tsr_request_duration_seconds_count{{{sel}, code=~"5.."}}[{w}]))'
+            f" / {rec.requests}",
+        ),
+        RecordingRule(
+            rec.rejections,
+            f"sum by (namespace, model) (rate(tsr_requests_rejected_total{{{sel}}}[{w}])) / {rec.requests}",
         ),
         RecordingRule(
             rec.p99,
-            f"histogram_quantile(0.99, sum by (model, le) (rate(tsr_request_duration_seconds_bucket{{{sel}}}[{w}])))",
+            "histogram_quantile(0.99, sum by (namespace, model, le) "
+            f"(rate(tsr_request_duration_seconds_bucket{{{sel}}}[{w}])))",
         ),
         RecordingRule(
             rec.confidence,
-            f"sum by (model, version) (rate(tsr_prediction_confidence_sum{{{sel}}}[{w}]))"
-            f" / sum by (model, version) (rate(tsr_prediction_confidence_count{{{sel}}}[{w}]))",
+            f"sum by (namespace, model, version) (rate(tsr_prediction_confidence_sum{{{sel}}}[{w}]))"
+            f" / sum by (namespace, model, version) (rate(tsr_prediction_confidence_count{{{sel}}}[{w}]))",
         ),
     )
 
@@ -306,7 +315,7 @@ def alert_rules(cfg: AlertConfig) -> tuple[AlertRule, ...]:
         ),
         AlertRule(
             name="TSRInputDrift",
-            expr=f"max by (model) (tsr_input_drift_psi{{{sel}}}) > {_num(cfg.drift_psi)}",
+            expr=f"max by (namespace, model) (tsr_input_drift_psi{{{sel}}}) > {_num(cfg.drift_psi)}",
             for_=cfg.drift_for,
             severity="warning",
             summary=f"Input drift of model {{{{ $labels.model }}}}: PSI {value3}",
@@ -324,7 +333,7 @@ def alert_rules(cfg: AlertConfig) -> tuple[AlertRule, ...]:
             # The failure counter is born at 1 on a process's first failure, which increase() cannot see:
             # a failure series that did not exist `reload_window` ago counts as well.
             expr=(
-                f"sum by (model) (increase({failed}[{cfg.reload_window}]) > 0"
+                f"sum by (namespace, model) (increase({failed}[{cfg.reload_window}]) > 0"
                 f" or ({failed} unless {failed} offset {cfg.reload_window})) > 0"
             ),
             for_="0s",

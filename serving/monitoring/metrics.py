@@ -1,7 +1,7 @@
 """The predictor's own Prometheus metrics, beside KServe's `request_*_seconds` histograms.
 
 Labels stay low-cardinality: the served model name, its registry version, and closed sets
-(43 classes, three channels, a fixed list of rejection reasons). A client-chosen string
+(43 classes, three channels, fixed lists of rejection and feedback-drop reasons). A client-chosen string
 (an unknown model name, say) never becomes a label value.
 """
 
@@ -26,6 +26,13 @@ REJECTION_REASONS = (
     "bad_request",  # any other client mistake
 )
 CHANNELS = ("red", "green", "blue")
+# Why a sampled-for-feedback input was not stored (serving/feedback.py); `reason` label values.
+FEEDBACK_DROP_REASONS = (
+    "sampled_out",  # not drawn by --feedback-sample-rate (the usual case)
+    "queue_full",  # the upload queue was full: uploads are slower than traffic
+    "rate_limited",  # over --feedback-max-per-minute
+    "upload_error",  # the store refused or could not be reached
+)
 
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 IMAGES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -50,6 +57,8 @@ class PredictorMetrics:
     reference_channel_mean: Gauge
     drift_psi: Gauge
     drift_window: Gauge
+    feedback_logged: Counter
+    feedback_dropped: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> PredictorMetrics:
@@ -142,6 +151,18 @@ class PredictorMetrics:
                 "tsr_input_drift_window_images",
                 "Input images in the rolling drift window",
                 ["model"],
+                registry=r,
+            ),
+            feedback_logged=Counter(
+                "tsr_feedback_logged",
+                "Input images stored with their prediction as feedback data",
+                ["model"],
+                registry=r,
+            ),
+            feedback_dropped=Counter(
+                "tsr_feedback_dropped",
+                "Input images not stored as feedback data, by reason",
+                ["model", "reason"],
                 registry=r,
             ),
         )

@@ -37,6 +37,7 @@ def test_training_learns_and_writes_a_loadable_model(small_dataset: Path, tmp_pa
     assert (tmp_path / "model" / PROGRAM_FILE).is_file()
     history = json.loads((tmp_path / "model" / "history.json").read_text())
     assert len(history["epochs"]) == 3
+    assert all(e["lr"] > 0 and e["seconds"] > 0 for e in history["epochs"])  # the run report's curves
     x = to_model_input(va.images[:8], config.preprocess)
     with torch.no_grad():
         assert torch.allclose(model(x), result.model(x), atol=1e-5)

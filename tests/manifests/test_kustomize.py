@@ -44,7 +44,7 @@ from pipelines.training_pipeline import S3_SECRET_ENV as PIPELINE_S3_SECRET_ENV
 from tsr.config import REPO_ROOT
 
 MANIFESTS = REPO_ROOT / "manifests"
-GENERATED_DIRS = (kz.BASE_DIR, kz.OVERLAYS_DIR)
+GENERATED_DIRS = (kz.BASE_DIR, kz.OVERLAYS_DIR, kz.RETRAIN_DIR)
 PART_OF = ("app.kubernetes.io/part-of", "tsr-platform")
 # Kubernetes versions whose schemas the core objects must satisfy: the oldest we support, the newest known.
 K8S_VERSIONS = ("1.29.0", "1.37.0")
@@ -99,12 +99,13 @@ def one(docs: Docs, kind: str) -> dict[str, Any]:
 
 
 def generated_committed_files() -> dict[str, bytes]:
-    """Committed files under base/ and overlays/; an operator's real `*.env` (git-ignored) is not one."""
+    """Committed files under base/, overlays/ and retrain/; an operator's real `*.env` (git-ignored) is not
+    one, nor is a hand-written file (kz.HAND_WRITTEN)."""
     return {
         p.relative_to(MANIFESTS).as_posix(): p.read_bytes()
         for top in GENERATED_DIRS
         for p in sorted((MANIFESTS / top).rglob("*"))
-        if p.is_file() and p.suffix != ".env"
+        if p.is_file() and p.suffix != ".env" and p.relative_to(MANIFESTS).as_posix() not in kz.HAND_WRITTEN
     }
 
 

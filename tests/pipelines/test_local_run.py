@@ -39,6 +39,16 @@ def test_pipeline_registers_on_pass_and_not_on_fail(gtsrb_small: Path, minio: St
     # Artifacts a dashboard shows: the HTML report and the generated InferenceService manifest.
     reports = list((tmp_path / "root").rglob("report"))
     assert reports and "gate: pass" in reports[0].read_text()
+    # The run report is a pipeline output too: every section, figures embedded, training curves from
+    # the train step's history; its Markdown summary carries the key numbers.
+    assert passed.report is not None and passed.summary is not None
+    page = passed.report.read_text()
+    for section in ("summary", "training", "confusion", "per-class", "data", "champion", "latency"):
+        assert f'<section id="{section}">' in page, section
+    assert page.count('src="data:image/png;base64,') >= 5 and "training curves" in page
+    assert "http://" not in page and "<script" not in page
+    summary = passed.summary.read_text()
+    assert "gate **pass**" in summary and f"{100 * passed.accuracy:.2f}%" in summary and "p50" in summary
     manifests = list((tmp_path / "root").rglob("manifest"))
     assert manifests and f"s3://models/pipe-test/{champion}" in manifests[0].read_text()
 

@@ -69,15 +69,16 @@ def test_models_list_json(tiny_model_dir: Path, minio: StoreConfig) -> None:
     version = registry.publish("gtsrb-classifier", tiny_model_dir, {"metrics": {"validation": {"accuracy": 0.5}}})
     registry.set_alias("gtsrb-classifier", version)
     rows = json.loads(run_tsr("models", "list", "--json", env=minio.env()).stdout)
-    assert rows == [
-        {
-            "version": version,
-            "champion": True,
-            "accuracy": 0.5,
-            "arch": None,
-            "uri": f"s3://models/gtsrb-classifier/{version}",
-        }
-    ]
+    assert len(rows) == 1
+    # The original five keys keep their meaning; the others (macro_f1, variant, lineage...) were added later.
+    assert {k: rows[0][k] for k in ("version", "champion", "accuracy", "arch", "uri")} == {
+        "version": version,
+        "champion": True,
+        "accuracy": 0.5,
+        "arch": None,
+        "uri": f"s3://models/gtsrb-classifier/{version}",
+    }
+    assert rows[0]["aliases"] == ["champion"] and rows[0]["macro_f1"] is None
 
 
 def test_help_lists_the_commands() -> None:
@@ -91,7 +92,7 @@ def test_rollout_commands_refuse_bad_input_and_missing_clusters(tmp_path: Path) 
     env = {"KUBECONFIG": str(tmp_path / "none"), "TSR_STATE_DIR": str(tmp_path / "state")}
     uri = "s3://models/gtsrb-classifier/20261123-000000-000000"
     bad = run_tsr("deploy", uri, "--canary-percent", "10", env=env, check=False)
-    assert bad.returncode == 1 and "needs deployment_mode 'Knative'" in " ".join(bad.stderr.split())
+    assert bad.returncode == 2 and "needs deployment_mode 'Knative'" in " ".join(bad.stderr.split())
     for args in (("deploy", uri, "--timeout", "1"), ("promote",), ("rollback",)):
         done = run_tsr(*args, "--kube-config", str(tmp_path / "none"), env=env, check=False)
         assert done.returncode == 1, args

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from tests.conftest import ARCHIVE
-from tsr.demo import RULES_FILE, prometheus_query, start_prometheus
+from tsr.demo import RULES_FILE, copy_report, prometheus_query, start_prometheus
 from tsr.local_prometheus import LocalPrometheus, PrometheusConfig, find_prometheus_binary, sample_value, stop_recorded
 
 
@@ -58,6 +58,11 @@ def test_demo_runs_end_to_end_and_leaves_the_store_usable(
         assert summary["store"].startswith("MinIO/S3 at http://127.0.0.1:")
         assert 0 < summary["validation_accuracy"] <= 1
         assert len(summary["predictions"]) == 5
+        # The run report was copied out of the pipeline root to a fixed place, and the summary says where.
+        assert summary["report"] == str(tmp_path / "state" / "demo" / "report.html")
+        assert summary["report"] in result.stdout
+        assert '<section id="training">' in Path(summary["report"]).read_text()
+        assert "gate **pass**" in (tmp_path / "state" / "demo" / "summary.md").read_text()
         for p in summary["predictions"]:
             assert {"class_id", "class_name", "probability", "true_class"} <= set(p)
         # The predictor and MinIO were stopped ...
@@ -80,7 +85,12 @@ def test_demo_runs_end_to_end_and_leaves_the_store_usable(
         assert not _port_open(port)
         # A later command starts MinIO on demand over the demo's data.
         later = subprocess.run(
-            [tsr, "models", "show", "champion"], capture_output=True, text=True, env=env, timeout=300, check=True
+            [tsr, "models", "show", "champion", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=True,
         )
         assert json.loads(later.stdout)["uri"] == summary["model_uri"]
     finally:
@@ -93,3 +103,17 @@ def test_demo_without_prometheus_says_so_in_one_line(tmp_path: Path) -> None:
     assert server is None
     lines = buffer.getvalue().strip().splitlines()
     assert len(lines) == 1 and "Prometheus not installed" in lines[0] and "make prometheus" in lines[0], lines
+
+
+def test_copy_report_puts_the_latest_report_at_a_fixed_path(tmp_path: Path) -> None:
+    run = tmp_path / "kfp-local" / "run"
+    run.mkdir(parents=True)
+    (run / "report").write_text("<html>one</html>")
+    (run / "summary").write_text("## one")
+    out = tmp_path / "demo"
+    assert copy_report(run / "report", run / "summary", out) == out / "report.html"
+    assert (out / "report.html").read_text() == "<html>one</html>" and (out / "summary.md").read_text() == "## one"
+    (run / "report").write_text("<html>two</html>")
+    assert copy_report(run / "report", None, out) == out / "report.html"
+    assert (out / "report.html").read_text() == "<html>two</html>"
+    assert copy_report(None, None, out) is None and copy_report(run / "missing", None, out) is None
