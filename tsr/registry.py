@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,8 +87,18 @@ class Registry:
         return self.store.uri(f"{name}/{version}")
 
     # ---- writing ---------------------------------------------------------------------------
-    def publish(self, name: str, model_dir: Path, card: dict[str, Any], version: str | None = None) -> str:
+    def publish(
+        self,
+        name: str,
+        model_dir: Path,
+        card: dict[str, Any],
+        version: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> str:
         """Upload a model directory as a new immutable version and return the version id.
+
+        `on_progress(bytes_done, bytes_total)` is called after each object (the register step
+        prints it; the CLI turns those lines into a bar).
 
         Fails with a RegistryError when the store fails midway: the version then has no
         SHA256SUMS, so it stays invisible and no alias moves. Publishing again with the same
@@ -114,6 +125,16 @@ class Registry:
         sums[CARD_FILE] = hashlib.sha256(card_bytes).hexdigest()
         uploads = len(files) + 2
         done = 0
+        sums_bytes = format_sums(sums).encode()
+        total_bytes = sum(p.stat().st_size for p in files) + len(card_bytes) + len(sums_bytes)
+        sent = 0
+
+        def progress(nbytes: int) -> None:
+            nonlocal sent
+            sent += nbytes
+            if on_progress is not None:
+                on_progress(sent, total_bytes)
+
         try:
             # Objects of an earlier, interrupted publish of this version (no SHA256SUMS: never visible)
             # are overwritten below; any that the new file set lacks are removed, so a retry after a
@@ -123,10 +144,12 @@ class Registry:
             for path in files:
                 self.store.put_file(prefix + path.name, path)
                 done += 1
+                progress(path.stat().st_size)
             self.store.put_bytes(prefix + CARD_FILE, card_bytes, "application/json")
             done += 1
+            progress(len(card_bytes))
             # The commit point: only now does the version become visible to readers.
-            self.store.put_bytes(prefix + SUMS_FILE, format_sums(sums).encode(), "text/plain")
+            self.store.put_bytes(prefix + SUMS_FILE, sums_bytes, "text/plain")
         except StoreError as exc:
             if done < uploads - 1:
                 state = f"The version has no {SUMS_FILE}, so readers do not see it"
@@ -136,6 +159,7 @@ class Registry:
                 f"publishing {uri} stopped after {done} of {uploads} objects: {exc}. {state}; no alias moved. "
                 f"Publish again with version={version!r} to complete it"
             ) from exc
+        progress(len(sums_bytes))
         return version
 
     def set_alias(self, name: str, version: str, alias: str = CHAMPION) -> None:

@@ -166,6 +166,7 @@ _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _CACHED = re.compile(r"Task '?([\w.-]+)'? cache hit")
 _SKIPPED = re.compile(r"Skipping (?:conditional )?task '?([\w.-]+)'?")
 _EPOCH = re.compile(r"^epoch (\d+)/(\d+):.*?val_acc (\S+)")
+_UPLOAD = re.compile(r"^upload (\d+)/(\d+) bytes")  # the register step's on_progress lines
 # kfp.local indents a step's output by 4 spaces; deeper lines are the executor's JSON or continuations.
 _STEP_LINE = re.compile(r"^    [A-Za-z]")
 _NOISE = re.compile(r"^\[KFP Executor|^[\w.]+Warning:|Warning: ")
@@ -193,7 +194,8 @@ class StepRecord:
 class PipelineWatcher(io.TextIOBase):
     """Where `kfp.local` writes (see `pipelines.local_run`): every line goes to `log`, and to `echo`
     when given (stderr when no progress is drawn); each step becomes one row of the Activity: a
-    spinner and its latest output line while it runs, the train step's epochs as a bar, then ✔ or ✘.
+    spinner and its latest output line while it runs, the train step's epochs and the register step's
+    upload as bars, then ✔ or ✘.
     """
 
     def __init__(self, activity: Activity, log: TextIO, echo: TextIO | None = None) -> None:
@@ -265,6 +267,10 @@ class PipelineWatcher(io.TextIOBase):
             done, total = int(match.group(1)), int(match.group(2))
             step.info = f"epoch {done}/{total}  val_acc {match.group(3)}"
             self.activity.update(step.task, completed=done, total=total, unit="items", info=step.info)
+        elif match := _UPLOAD.match(text):
+            done, total = int(match.group(1)), int(match.group(2))
+            step.info = f"uploading to the registry {done / 1e6:.1f}/{total / 1e6:.1f} MB"
+            self.activity.update(step.task, completed=done, total=total, unit="bytes", info=step.info)
         else:
             step.info = text if len(text) <= STEP_INFO_WIDTH else text[: STEP_INFO_WIDTH - 1] + "…"
             self.activity.update(step.task, info=step.info)

@@ -41,7 +41,11 @@ def register_component(
     optimization = Path(model.path) / "optimize.json"  # written by the optimize step: engine, latency, size
     if optimization.is_file():
         card["optimization"] = json.loads(optimization.read_text())
-    registered = register(Path(model.path), model_name, card, store, promote=promote)
+
+    def progress(done: int, total: int) -> None:  # the CLI turns these lines into an upload bar
+        print(f"upload {done}/{total} bytes", flush=True)
+
+    registered = register(Path(model.path), model_name, card, store, promote=promote, on_progress=progress)
     moved = f"champion -> {registered.version}" if registered.champion_moved else "champion unchanged"
     print(f"registered {registered.uri} ({card['variant']}); {moved}", flush=True)
     return registered.uri

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,11 @@ def register(
     store: StoreConfig,
     bucket: str = DEFAULT_BUCKET,
     promote: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> RegisterResult:
     """Upload every file, write SHA256SUMS last, and only then point `champion` at the version."""
     registry = Registry.from_config(store, bucket)
-    version = registry.publish(name, model_dir, {**card, "name": name})
+    version = registry.publish(name, model_dir, {**card, "name": name}, on_progress=on_progress)
     if promote:
         registry.set_alias(name, version, CHAMPION)
     return RegisterResult(version=version, uri=registry.uri(name, version), champion_moved=promote)

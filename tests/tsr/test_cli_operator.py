@@ -192,6 +192,19 @@ def test_activity_bars_and_steps_render_and_a_disabled_one_costs_nothing() -> No
     assert "✘" in screen and "✔" in screen
 
 
+def test_pipeline_watcher_turns_register_upload_lines_into_a_bar() -> None:
+    screen, log = io.StringIO(), io.StringIO()
+    with Activity(Console(file=screen, force_terminal=True, width=160), enabled=True) as activity:
+        watcher = PipelineWatcher(activity, log)
+        watcher.write("Executing task 'register-component'\n")
+        for done in (1_000_000, 2_500_000, 3_000_000):  # what components/register/component.py prints
+            watcher.write(f"    upload {done}/3000000 bytes\n")
+        (step,) = watcher.steps.values()
+        assert step.info == "uploading to the registry 3.0/3.0 MB"
+        watcher.write("Task 'register-component' finished with status SUCCESS\n")
+    assert step.state == "done" and "3.0/3.0 MB" in screen.getvalue()
+
+
 def test_pipeline_watcher_follows_a_real_kfp_local_log() -> None:
     screen, log = io.StringIO(), io.StringIO()
     with Activity(Console(file=screen, force_terminal=True, width=160), enabled=True) as activity:

@@ -33,6 +33,19 @@ def test_publish_fetch_and_alias(minio: StoreConfig, tiny_model_dir: Path, tmp_p
     assert (local / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
 
 
+def test_publish_reports_upload_progress_in_bytes(minio: StoreConfig, tiny_model_dir: Path, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    registry = Registry.from_config(minio)
+    version = registry.publish("gtsrb-progress", tiny_model_dir, {}, on_progress=lambda d, t: seen.append((d, t)))
+    files = [p for p in tiny_model_dir.iterdir() if p.is_file()]
+    assert len(seen) == len(files) + 2, "one call per object: the files, the card, SHA256SUMS"
+    total = seen[0][1]
+    assert all(t == total for _, t in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1][0] == total > sum(p.stat().st_size for p in files)
+    fetched = registry.fetch("gtsrb-progress", version, tmp_path / "cache")
+    assert sum(p.stat().st_size for p in fetched.iterdir() if p.is_file()) == total, "bytes = what was stored"
+
+
 def test_versions_are_immutable(minio: StoreConfig, tiny_model_dir: Path) -> None:
     registry = Registry.from_config(minio)
     registry.publish("m", tiny_model_dir, {}, version="v1")
