@@ -25,6 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reload-interval", type=float, default=0.0, help="seconds between registry alias checks (0 = off)"
     )
     parser.add_argument("--drift-window", type=int, default=1000, help="images in the rolling drift window")
+    parser.add_argument("--top-k", type=int, default=3, help="ranked classes in every answer (capped at the classes)")
     parser.add_argument(
         "--load-retries", type=int, default=5, help="first load: retries while the store is unreachable (0 = none)"
     )
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     except InvalidParameter as exc:
         parser.error(f"argument --feedback-{exc.param.replace('_', '-')}: {exc.reason}")
+    if args.top_k < 1:
+        parser.error(f"argument --top-k: must be >= 1, got {args.top_k}")
     return args
 
 
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         reload_interval_s=args.reload_interval,
         drift_window=args.drift_window,
         drift_min_images=min(100, args.drift_window),
+        top_k=args.top_k,
         load_retries=args.load_retries,
         load_backoff_s=args.load_backoff,
         feedback=args.feedback,

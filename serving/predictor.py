@@ -74,6 +74,7 @@ class PredictorOptions:
     reload_interval_s: float = 0.0  # poll the registry alias this often; 0 = only on POST .../load
     drift_window: int = 1000  # images in the rolling drift window
     drift_min_images: int = 100  # PSI is NaN until the window holds this many
+    top_k: int = TOP_K  # ranked classes in every answer (V1 top_k, V2 top_k_* outputs); capped at the class count
     feedback: FeedbackConfig | None = None  # store sampled inputs + predictions (serving/feedback.py); off by default
     # The first load, when the store is unreachable (MinIO still starting, a network blip): this many
     # more attempts, waiting load_backoff_s, then twice that, ... (at most load_backoff_max_s) in between.
@@ -85,6 +86,8 @@ class PredictorOptions:
     def __post_init__(self) -> None:
         if self.load_retries < 0 or self.load_backoff_s < 0 or self.load_backoff_max_s < 0:
             raise ValueError("load_retries, load_backoff_s and load_backoff_max_s must be >= 0")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
 
     def load_waits(self) -> list[float]:
         """The waits before each retry: exponential, capped, `load_retries` of them."""
@@ -394,7 +397,7 @@ class TSRPredictor(Model):
         self._count_predictions(probs, model)
         if result["protocol"] == "v2":
             return self._v2_response(probs, result["request"], model)
-        return {"predictions": self.describe(probs, model.config.class_names)}
+        return {"predictions": self.describe(probs, model.config.class_names, self.options.top_k)}
 
     async def _decode(self, decode: Any, payload: Any, size: int, headers: dict[str, str] | None) -> torch.Tensor:
         """Small HTTP bodies decode on the loop (a thread hop would cost more than the decode);
@@ -475,7 +478,7 @@ class TSRPredictor(Model):
     def get_output_types(self) -> list[dict[str, Any]]:
         if self._loaded is None:  # V2 metadata while the first load runs: 503 like readiness, not a 500
             raise ModelNotReady(self.name)
-        k = min(TOP_K, self.config.num_classes)
+        k = min(self.options.top_k, self.config.num_classes)
         return [
             {"name": "class_id", "datatype": "INT64", "shape": [-1]},
             {"name": "probability", "datatype": "FP32", "shape": [-1]},
@@ -485,8 +488,8 @@ class TSRPredictor(Model):
         ]
 
     @staticmethod
-    def describe(probs: torch.Tensor, names: list[str]) -> list[dict[str, Any]]:
-        k = min(TOP_K, probs.shape[1])
+    def describe(probs: torch.Tensor, names: list[str], top_k: int = TOP_K) -> list[dict[str, Any]]:
+        k = min(top_k, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
         out = []
         for row_p, row_i in zip(top_p.tolist(), top_i.tolist(), strict=True):
@@ -496,7 +499,7 @@ class TSRPredictor(Model):
 
     def _v2_response(self, probs: torch.Tensor, request: InferRequest | None, model: LoadedModel) -> InferResponse:
         names = model.config.class_names
-        k = min(TOP_K, probs.shape[1])
+        k = min(self.options.top_k, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
         class_ids = top_i[:, 0].to(torch.int64).numpy()
         arrays = {

@@ -63,6 +63,7 @@ class ServeConfig:
     reload_interval_s: float = 0.0  # poll the registry alias; 0 = reload only on request
     drift_window: int = 1000
     drift_min_images: int = 100
+    top_k: int = 3  # ranked classes in every answer
     load_retries: int = 5  # first load: retries while the store is unreachable; 0 = exit at the first failure
     load_backoff_s: float = 1.0  # wait before the first retry, doubled each time (capped at 30 s)
     feedback: FeedbackConfig | None = None  # log sampled inputs + predictions to s3:// (off by default)
@@ -78,6 +79,7 @@ class ServeConfig:
             reload_interval_s=self.reload_interval_s,
             drift_window=self.drift_window,
             drift_min_images=self.drift_min_images,
+            top_k=self.top_k,
             load_retries=self.load_retries,
             load_backoff_s=self.load_backoff_s,
             feedback=self.feedback,

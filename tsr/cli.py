@@ -396,6 +396,7 @@ def serve(
     batch_size: Annotated[int, typer.Option(min=1, help="images per forward pass (1 = no batching)")] = 32,
     batch_wait_ms: Annotated[float, typer.Option(min=0.0, help="extra wait for a fuller batch")] = 2.0,
     reload_interval: Annotated[float, typer.Option(min=0.0, help="seconds between champion checks (0 = off)")] = 0.0,
+    top_k: Annotated[int, typer.Option(min=1, help="ranked classes in every answer (capped at the classes)")] = 3,
     max_request_bytes: Annotated[int, typer.Option(min=1, help="largest HTTP body accepted")] = 64 * 1024 * 1024,
     load_retries: Annotated[
         int, typer.Option(min=0, help="first load: retries while the store is unreachable (0 = exit at once)")
@@ -439,6 +440,7 @@ def serve(
         batch_size=batch_size,
         batch_wait_ms=batch_wait_ms,
         reload_interval_s=reload_interval,
+        top_k=top_k,
         max_request_bytes=max_request_bytes,
         load_retries=load_retries,
         load_backoff_s=load_backoff,
@@ -949,7 +951,7 @@ def predict(
         str, typer.Option(help="the predictor's base URL (tsr serve, a port-forward or an ingress)")
     ] = "http://127.0.0.1:8080",
     model: Annotated[str, typer.Option(help="model name in the URL (the InferenceService name)")] = DEFAULT_MODEL_NAME,
-    top_k: Annotated[int, typer.Option(min=1, help="classes shown per image (the predictor sends up to 3)")] = 3,
+    top_k: Annotated[int, typer.Option(min=1, help="classes shown per image (up to the predictor's --top-k)")] = 3,
     protocol: Annotated[Literal["v1", "v2"], typer.Option(help="V1 (:predict) or V2 (/infer) REST protocol")] = "v1",
     timeout: Annotated[float, typer.Option(help="seconds to wait for each answer (> 0)")] = 60.0,
     as_json: JsonOption = False,
@@ -974,7 +976,7 @@ def predict(
         fail(str(exc))
     if result.returned_k < top_k:
         err.print(
-            f"note: the predictor sent {result.returned_k} classes per image; --top-k {top_k} needs it to send more",
+            f"note: the predictor sent {result.returned_k} classes per image; start it with --top-k {top_k} for more",
             style="yellow",
             markup=False,
             soft_wrap=True,

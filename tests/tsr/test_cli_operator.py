@@ -418,6 +418,7 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("predict")
     model_dir = make_model_dir(root / "model")
     args = ["--model", str(model_dir), "--model-name", NAME, "--http-port", str(free_port()), "--threads", "1"]
+    args += ["--top-k", "5"]  # the server's ranking depth; `tsr predict --top-k` shows up to this many
     with running_predictor(args, root / "server.log", env={"TSR_STATE_DIR": str(root / "state")}) as url:
         yield url
 
@@ -445,14 +446,14 @@ def test_predict_prints_top_k_per_file(predictor: str, images: list[Path], env: 
         row = next(line for line in table.stdout.splitlines() if Path(path).name in line)
         assert "%" in row and any(name in row for name in CLASS_NAMES)
 
-    result = invoke(env, "predict", *[str(p) for p in images], "--url", predictor, "--json")
+    result = invoke(env, "predict", *[str(p) for p in images], "--url", predictor, "--json", "--top-k", "5")
     assert result.exit_code == 0, result.output
     answer = one_json_document(result.stdout)
     assert (answer["url"], answer["model"], answer["protocol"]) == (predictor, NAME, "v1")
     assert [p["file"] for p in answer["predictions"]] == [str(p) for p in images], "one per file, in order"
     for pred in answer["predictions"]:
         top = pred["top_k"]
-        assert len(top) == 3 and top[0]["class_id"] == pred["class_id"]
+        assert len(top) == 5 and top[0]["class_id"] == pred["class_id"]
         assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
         assert all(t["class_name"] == CLASS_NAMES[t["class_id"]] for t in top)
 
@@ -463,9 +464,9 @@ def test_predict_prints_top_k_per_file(predictor: str, images: list[Path], env: 
 
     one = one_json_document(invoke(env, "predict", files[0], "--url", predictor, "--top-k", "1", "--json").stdout)
     assert len(one["predictions"][0]["top_k"]) == 1
-    more = invoke(env, "predict", files[0], "--url", predictor, "--top-k", "5", "--json")
-    assert more.exit_code == 0 and len(one_json_document(more.stdout)["predictions"][0]["top_k"]) == 3
-    assert "sent 3 classes per image" in more.stderr
+    more = invoke(env, "predict", files[0], "--url", predictor, "--top-k", "8", "--json")
+    assert more.exit_code == 0 and len(one_json_document(more.stdout)["predictions"][0]["top_k"]) == 5
+    assert "sent 5 classes per image" in more.stderr and "--top-k 8" in more.stderr
 
 
 def test_predict_errors_are_one_line_with_the_right_exit_code(
