@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import httpx
 import yaml
 
 from tsr.local_minio import TOOLS_BIN, free_port
+from tsr.processes import alive, proc_start_time, terminate
 
 log = logging.getLogger(__name__)
 
@@ -105,31 +105,6 @@ def write_config(cfg: PrometheusConfig) -> Path:
     cfg.root.mkdir(parents=True, exist_ok=True)
     cfg.config_file.write_text(yaml.safe_dump(document, sort_keys=False))
     return cfg.config_file
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), so a recycled pid is never mistaken for ours."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(pid: int, start_time: str | None) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that has exited: reap it
-            return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):  # gone, or someone else's process holds the pid now
-        return False
-    if start_time is not None and _proc_start_time(pid) != start_time:
-        return False
-    with contextlib.suppress(OSError, IndexError):  # a zombie nobody has reaped yet is gone too
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 def _log_tail(path: Path, chars: int = 3000) -> str:
@@ -219,7 +194,7 @@ class LocalPrometheus:
             )
         self._proc, self.port = proc, port
         cfg.server_file.write_text(
-            json.dumps({"pid": proc.pid, "start_time": _proc_start_time(proc.pid), "port": port, "url": self.url})
+            json.dumps({"pid": proc.pid, "start_time": proc_start_time(proc.pid), "port": port, "url": self.url})
         )
         deadline = time.monotonic() + timeout_s
         while True:
@@ -255,7 +230,7 @@ class LocalPrometheus:
         if record is None:
             return False
         pid, start_time, port = record
-        if _alive(pid, start_time) and self._ready(port):
+        if alive(pid, start_time) and self._ready(port):
             self.port = port
             return True
         return False
@@ -277,19 +252,7 @@ class LocalPrometheus:
         stopped = False
         if record is not None:
             pid, start_time, _ = record
-            if _alive(pid, start_time):
-                stopped = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + timeout_s
-                while _alive(pid, start_time) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if _alive(pid, start_time):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                    deadline = time.monotonic() + 10
-                    while _alive(pid, start_time) and time.monotonic() < deadline:
-                        time.sleep(0.1)
+            stopped = terminate(pid, start_time, timeout_s)
         if self._proc is not None:  # ours: make sure it is reaped even without a record
             if self._proc.poll() is None:
                 stopped = True

@@ -14,11 +14,9 @@ wait until the model reports ready).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -44,6 +42,7 @@ from kubernetes import client as k8s
 
 from tsr.config import ENV_STATE_DIR, REPO_ROOT, StoreConfig
 from tsr.local_minio import free_port
+from tsr.processes import proc_start_time, send_signal_to_group, terminate
 from tsr.registry import CHAMPION, DEFAULT_MODEL_NAME, check_name
 from tsr.store import split_s3_uri
 
@@ -646,33 +645,6 @@ def cluster_endpoint(name: str, namespace: str) -> str:
 
 
 # ---- local mode ----------------------------------------------------------------------------------
-def _proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), so a recycled pid is never mistaken for ours."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(pid: int, start_time: str | None) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that has exited: reap it
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False  # someone else's process now holds this pid
-    if start_time is not None and _proc_start_time(pid) != start_time:
-        return False
-    with contextlib.suppress(OSError, IndexError):  # a zombie someone else has yet to reap is gone too
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -739,7 +711,7 @@ def start_local_predictor(
     url = f"http://127.0.0.1:{port}"
     info: dict[str, Any] = {
         "pid": proc.pid,
-        "start_time": _proc_start_time(proc.pid),
+        "start_time": proc_start_time(proc.pid),
         "port": port,
         "url": url,
         "model_uri": model_uri,
@@ -789,29 +761,9 @@ def stop_local_predictor(state_dir: Path, timeout_s: float = 30.0) -> bool:
     except (ValueError, KeyError, TypeError, json.JSONDecodeError):
         path.unlink(missing_ok=True)
         return False
-    stopped = False
-    if _alive(pid, start_time):
-        stopped = True
-        _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid, start_time) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid, start_time):
-            _signal(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while _alive(pid, start_time) and time.monotonic() < deadline:
-                time.sleep(0.1)
+    stopped = terminate(pid, start_time, timeout_s, signal_fn=send_signal_to_group)
     path.unlink(missing_ok=True)
     return stopped
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    """The whole group when the predictor leads one (start_new_session), else just the process."""
-    with contextlib.suppress(ProcessLookupError):
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
 
 
 # ---- the step ------------------------------------------------------------------------------------
