@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import threading
 import time
 import urllib.parse
@@ -32,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from tsr.config import REPO_ROOT, StoreConfig
+from tsr.local_minio import free_port
 from tsr.registry import CHAMPION, DEFAULT_MODEL_NAME, Registry
 
 RULES_FILE = REPO_ROOT / "manifests" / "monitoring" / "tsr-rules.yaml"
@@ -67,12 +67,6 @@ class LoopConfig:
             )
         if self.epochs < 1 or self.bootstrap_epochs < 1:
             raise ValueError("epochs and bootstrap_epochs must be >= 1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_images(source: str, n: int, seed: int) -> list[np.ndarray]:
@@ -112,27 +106,30 @@ def send(url: str, model_name: str, images: list[np.ndarray], batch: int = 32) -
     return out
 
 
-def drift_psi(url: str, model_name: str) -> float:
-    """The predictor's own drift gauge, read from its /metrics."""
+def _model_samples(url: str, name: str, model_name: str) -> list[Any]:
+    """The predictor's /metrics samples called `name` for `model_name`."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "tsr_input_drift_psi" and sample.labels.get("model") == model_name:
-                return float(sample.value)
-    raise RuntimeError(f"{url}/metrics has no tsr_input_drift_psi for model {model_name!r}")
+    return [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("model") == model_name
+    ]
+
+
+def drift_psi(url: str, model_name: str) -> float:
+    """The predictor's own drift gauge."""
+    samples = _model_samples(url, "tsr_input_drift_psi", model_name)
+    if not samples:
+        raise RuntimeError(f"{url}/metrics has no tsr_input_drift_psi for model {model_name!r}")
+    return float(samples[0].value)
 
 
 def served_version(url: str, model_name: str) -> str | None:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "tsr_model_info" and sample.labels.get("model") == model_name:
-                return sample.labels.get("version")
-    return None
+    samples = _model_samples(url, "tsr_model_info", model_name)
+    return samples[0].labels.get("version") if samples else None
 
 
 def drift_rule() -> Any:
@@ -305,7 +302,7 @@ def run_loop(
             )
 
         trigger = LocalTrigger(retrain)
-        port = _free_port()
+        port = free_port()
         webhook = uvicorn.Server(
             uvicorn.Config(
                 create_app(RetrainController(trigger, RetrainPolicy(cooldown_s=0))),

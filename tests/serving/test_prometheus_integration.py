@@ -10,10 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import make_model_dir
+from tests.serving.predictor_process import running_predictor
 from tsr.config import REPO_ROOT
 from tsr.gtsrb import CLASS_NAMES
 from tsr.local_minio import free_port
@@ -108,35 +106,9 @@ def request_images(gtsrb_root: Path) -> list[Path]:
 def predictor(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m serving` in a subprocess on a free loopback port; its base URL."""
     root = tmp_path_factory.mktemp("prom-serve")
-    port = free_port()
-    log = root / "server.log"
-    env = {**os.environ, "TSR_STATE_DIR": str(root / "state")}
-    cmd = [sys.executable, "-m", "serving", "--model", str(model_dir), "--model-name", NAME]
-    cmd += ["--http-port", str(port), "--threads", "1"]
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v2/models/{NAME}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 180s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    args = ["--model", str(model_dir), "--model-name", NAME, "--http-port", str(free_port()), "--threads", "1"]
+    with running_predictor(args, root / "server.log", env={"TSR_STATE_DIR": str(root / "state")}, name=NAME) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

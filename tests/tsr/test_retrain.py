@@ -3,7 +3,6 @@ and the KFP trigger against the loopback KFP API (tests/pipelines/kfp_fake.py: n
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from kfp.client import Client
 
 from pipelines.submit import KfpTarget
 from tests.pipelines.kfp_fake import API, FakeKfp
+from tsr.local_minio import free_port
 from tsr.retrain import (
     Alert,
     KfpTrigger,
@@ -112,12 +112,6 @@ def test_only_firing_retrain_alerts_start_runs_with_cooldown_and_daily_cap() -> 
     clock.now += 86400  # a day later both runs have aged out
     assert controller.handle([Alert("TSRLowConfidence", "firing", {}, {})]).outcome == "started"
     assert len(trigger.reasons) == 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
