@@ -72,7 +72,9 @@ HAND_WRITTEN = (f"{RETRAIN_DIR}/README.md",)
 STANDARD, KNATIVE, ARM64 = "standard", "knative", "arm64-preferred"
 OVERLAYS = (STANDARD, KNATIVE, ARM64)
 
-DEPLOYER = "tsr-deployer"  # ServiceAccount, Role and RoleBinding of the pipeline's deploy step
+# ServiceAccount, Role and RoleBinding of pipeline runs (their deploy step); the Helm chart's
+# serviceAccounts.pipelineRunner.name default, so both install paths give runs the same identity.
+PIPELINE_RUNNER = "tsr-pipeline-runner"
 # What deploy.apply_inference_service and wait_for_inference_service need (get, create, replace =
 # update), plus list/watch/patch for kubectl-style rollouts by the same identity; nothing else.
 DEPLOYER_VERBS = ("get", "list", "watch", "create", "update", "patch")
@@ -159,8 +161,8 @@ class KustomizeConfig:
 
 
 # ---- objects built here ------------------------------------------------------------------------------
-def build_deployer_rbac(
-    namespace: str, name: str = DEPLOYER
+def build_pipeline_runner_rbac(
+    namespace: str, name: str = PIPELINE_RUNNER
 ) -> tuple[k8s.V1ServiceAccount, k8s.V1Role, k8s.V1RoleBinding]:
     """The deploy step's identity: a namespaced Role on InferenceServices only, not a ClusterRole.
 
@@ -335,8 +337,8 @@ def render_base(cfg: KustomizeConfig) -> dict[str, str]:
             f"STORAGE_URI: {spec.storage_uri} (the first env entry of the container).",
             "Set a registry version in your own overlay (manifests/README.md) or regenerate with --model-uri.",
         ),
-        "deployer-rbac.yaml": _objects(
-            list(build_deployer_rbac(cfg.namespace)),
+        "pipeline-runner-rbac.yaml": _objects(
+            list(build_pipeline_runner_rbac(cfg.namespace)),
             "The pipeline deploy step's identity: InferenceServices in this namespace only.",
         ),
         "networkpolicy.yaml": _objects(

@@ -37,6 +37,7 @@ from components.deploy.deploy import (
     from_manifest_dict,
     to_manifest_dict,
 )
+from components.deploy import kustomize as kz
 from pipelines.training_pipeline import S3_SECRET, S3_SECRET_ENV
 from tsr.config import DATA_BUCKET, DEFAULT_BUCKET, REPO_ROOT
 
@@ -575,20 +576,21 @@ def test_credentials_only_in_secrets(case: str) -> None:
 # ---- RBAC and network ------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", list(CASES))
 def test_rbac_is_namespaced_least_privilege(case: str) -> None:
-    """One namespaced Role: the deploy verbs on inferenceservices, get on their status; nothing else."""
+    """One namespaced Role: the deploy verbs on inferenceservices, nothing else; the same identity and
+    rules as the kustomize base (components/deploy/kustomize.py), so both install paths agree."""
     kinds = {o["kind"] for o in rendered(case)}
     assert not {"ClusterRole", "ClusterRoleBinding"} & kinds
     role, binding = one(case, "Role"), one(case, "RoleBinding")
     assert role["rules"] == [
         {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": DEPLOYER_VERBS},
-        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices/status"], "verbs": ["get"]},
     ]
+    assert DEPLOYER_VERBS == list(kz.DEPLOYER_VERBS)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
         "name": role["metadata"]["name"],
     }
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tsr-pipeline-runner", "namespace": NAMESPACE}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": kz.PIPELINE_RUNNER, "namespace": NAMESPACE}]
 
 
 def test_rbac_off() -> None:

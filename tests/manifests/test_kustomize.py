@@ -296,7 +296,7 @@ def test_storage_uri_is_the_first_env_entry(built: dict[str, Docs]) -> None:
 
 
 # ---- (5) the deploy step's RBAC ------------------------------------------------------------------------
-def test_deployer_role_is_namespaced_least_privilege(built: dict[str, Docs]) -> None:
+def test_pipeline_runner_role_is_namespaced_least_privilege(built: dict[str, Docs]) -> None:
     for docs in built.values():
         role = one(docs, "Role")
         assert role["metadata"]["namespace"] == DEFAULT_NAMESPACE
@@ -309,9 +309,9 @@ def test_deployer_role_is_namespaced_least_privilege(built: dict[str, Docs]) -> 
         ]
         binding = one(docs, "RoleBinding")
         assert binding["roleRef"] == {"apiGroup": kz.RBAC_GROUP, "kind": "Role", "name": role["metadata"]["name"]}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": kz.DEPLOYER, "namespace": DEFAULT_NAMESPACE}]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": kz.PIPELINE_RUNNER, "namespace": DEFAULT_NAMESPACE}]
         accounts = {a["metadata"]["name"]: a for a in by_kind(docs, "ServiceAccount")}
-        assert kz.DEPLOYER in accounts and accounts[kz.DEPLOYER]["automountServiceAccountToken"] is True
+        assert kz.PIPELINE_RUNNER in accounts and accounts[kz.PIPELINE_RUNNER]["automountServiceAccountToken"] is True
 
 
 # ---- (6) no credentials anywhere in the repository's manifests -------------------------------------
