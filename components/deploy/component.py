@@ -1,4 +1,9 @@
-"""KFP wrapper for deployment: an InferenceService in a cluster, or the local predictor."""
+"""KFP wrapper for deployment: an InferenceService in a cluster, or the local predictor.
+
+The serving parameters are the ones `tsr deploy` takes, as scalars a person can type into the
+Kubeflow UI: "" or 0 means KServe's default, -1 no canary, lists are comma-separated. Their
+defaults equal `InferenceServiceSpec`'s (a test keeps them so).
+"""
 
 from kfp.dsl import Artifact, Output
 
@@ -10,22 +15,55 @@ def deploy_component(
     mode: str = "cluster",
     namespace: str = "tsr",
     predictor_image: str = "ghcr.io/tsr-platform/tsr-predictor:0.1.0",
+    service_account: str = "tsr-predictor",
+    deployment_mode: str = "Standard",
+    canary_traffic_percent: int = -1,
+    min_replicas: int = 1,
+    max_replicas: int = 3,
+    scale_metric: str = "",
+    scale_target: int = 0,
+    arch: str = "",
+    arch_placement: str = "required",
+    tolerations: str = "",
+    cpu_request: str = "500m",
+    cpu_limit: str = "2",
+    memory_request: str = "1Gi",
+    memory_limit: str = "2Gi",
+    ready_timeout_s: float = 600.0,
 ) -> str:
     """Returns the endpoint URL ("" when only a manifest is written)."""
     from pathlib import Path
 
-    from components.deploy.deploy import deploy
+    from components.deploy.deploy import deploy, pipeline_serving_options
     from tsr.config import explicit_store_config, state_dir
 
+    options = pipeline_serving_options(
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        scale_metric=scale_metric,
+        scale_target=scale_target,
+        arch=arch,
+        arch_placement=arch_placement,
+        tolerations=tolerations,
+        cpu_request=cpu_request,
+        cpu_limit=cpu_limit,
+        memory_request=memory_request,
+        memory_limit=memory_limit,
+    )
     result = deploy(
         mode,
         model_uri,
         model_name,
         namespace=namespace,
         predictor_image=predictor_image,
+        service_account=service_account,
+        deployment_mode=deployment_mode,
+        canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
+        cluster_ready_timeout_s=ready_timeout_s,
+        spec_options=options,
         state_dir=state_dir(),
         store=explicit_store_config(),
         manifest_path=Path(manifest.path),
     )
-    print(f"deploy ({result.mode}): {result.endpoint or 'manifest written'}", flush=True)
+    print(f"deploy ({result.mode}): {result.action}; {result.endpoint or 'manifest written'}", flush=True)
     return result.endpoint

@@ -865,6 +865,48 @@ def deploy(
     return DeployResult(mode, str(info["url"]), manifest, manifest_path, name, f"started pid {info['pid']}")
 
 
+def split_csv(text: str) -> tuple[str, ...]:
+    """ "a, b,,c" -> ("a", "b", "c"): how list-valued pipeline parameters are written in the KFP UI."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def pipeline_serving_options(
+    *,
+    min_replicas: int,
+    max_replicas: int,
+    scale_metric: str,
+    scale_target: int,
+    arch: str,
+    arch_placement: str,
+    tolerations: str,
+    cpu_request: str,
+    cpu_limit: str,
+    memory_request: str,
+    memory_limit: str,
+) -> dict[str, Any]:
+    """The deploy step's scalar parameters as `InferenceServiceSpec` fields (`deploy(spec_options=...)`).
+
+    Pipeline parameters are plain scalars a person types into the Kubeflow UI, so "unset" is spelled
+    "" or 0 and lists are comma-separated (`arch="arm64,amd64"`, `tolerations="arch=arm64:NoSchedule"`,
+    kubectl's taint syntax). Everything is validated by `InferenceServiceSpec`, before any API call.
+    """
+    if scale_target < 0:
+        raise ValueError(f"scale_target must be >= 1, or 0 for KServe's default; got {scale_target}")
+    return {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "scale_metric": scale_metric or None,
+        "scale_target": scale_target or None,
+        "arch": split_csv(arch),
+        "arch_placement": arch_placement,
+        "tolerations": tuple(parse_toleration(t) for t in split_csv(tolerations)),
+        "cpu_request": cpu_request,
+        "cpu_limit": cpu_limit,
+        "memory_request": memory_request,
+        "memory_limit": memory_limit,
+    }
+
+
 # ---- committed manifests -------------------------------------------------------------------------
 def example_model_uri(model_name: str = DEFAULT_MODEL_NAME, version: str = PLACEHOLDER_VERSION) -> str:
     return f"s3://models/{model_name}/{version}"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,139 @@ def test_none_and_manifest_modes(tmp_path: Path) -> None:
     assert result.endpoint == "" and result.name == "gtsrb-classifier"
     with pytest.raises(ValueError, match="deploy mode"):
         d.deploy("helm", URI)
+
+
+# ---- the KFP step's serving parameters --------------------------------------------------------------
+def test_step_defaults_equal_the_spec_defaults() -> None:
+    """The deploy step's defaults (what a run gets when nobody sets them) are InferenceServiceSpec's."""
+    import inspect
+
+    from components.deploy.component import deploy_component
+
+    defaults = {k: v.default for k, v in inspect.signature(deploy_component).parameters.items()}
+    base = spec()
+    assert defaults["predictor_image"] == d.DEFAULT_PREDICTOR_IMAGE == base.image
+    assert defaults["service_account"] == base.service_account
+    assert defaults["deployment_mode"] == base.deployment_mode
+    assert defaults["canary_traffic_percent"] == -1 and base.canary_traffic_percent is None
+    for name in ("min_replicas", "max_replicas", "arch_placement", "cpu_request", "cpu_limit"):
+        assert defaults[name] == getattr(base, name), name
+    assert (defaults["memory_request"], defaults["memory_limit"]) == (base.memory_request, base.memory_limit)
+    assert defaults["scale_metric"] == "" and base.scale_metric is None
+    assert defaults["scale_target"] == 0 and base.scale_target is None
+    assert defaults["arch"] == "" and base.arch == ()
+    assert defaults["tolerations"] == "" and base.tolerations == ()
+
+
+def _options(**changes: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "scale_metric": "",
+        "scale_target": 0,
+        "arch": "",
+        "arch_placement": "required",
+        "tolerations": "",
+        "cpu_request": "500m",
+        "cpu_limit": "2",
+        "memory_request": "1Gi",
+        "memory_limit": "2Gi",
+        **changes,
+    }
+    return d.pipeline_serving_options(**values)
+
+
+def test_pipeline_serving_options_translate_the_ui_conventions() -> None:
+    assert spec(**_options()) == spec()  # all unset: exactly the spec's defaults
+    options = _options(
+        arch=" arm64, amd64 ,",
+        arch_placement="preferred",
+        tolerations="arch=arm64:NoSchedule,gpu:NoExecute",
+        scale_metric="concurrency",
+        scale_target=4,
+        min_replicas=0,
+    )
+    assert options["arch"] == ("arm64", "amd64")
+    assert options["tolerations"] == (
+        {"key": "arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"},
+        {"key": "gpu", "operator": "Exists", "effect": "NoExecute"},
+    )
+    m = manifest(deployment_mode="Knative", canary_traffic_percent=10, **options)
+    predictor = m["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["scaleMetric"], predictor["scaleTarget"]) == (0, "concurrency", 4)
+    term = predictor["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["preference"]["matchExpressions"] == [
+        {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64", "amd64"]}
+    ]
+    assert predictor["tolerations"][0] == {"key": "arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"scale_target": -1}, "scale_target"),
+        ({"scale_metric": "concurrency"}, "scale_metric"),  # Standard mode's HPA does not scale on it
+        ({"arch": "arm 64"}, "arch"),
+        ({"arch_placement": "maybe"}, "arch_placement"),
+        ({"tolerations": "a=b:Sometimes"}, "effect"),
+        ({"memory_limit": "2 GB"}, "memory_limit"),
+    ],
+)
+def test_pipeline_serving_options_refuse_bad_values(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        spec(**_options(**changes))
+
+
+def _run_deploy_step_alone(tmp_path: Path, **arguments: Any) -> Any:
+    """The KFP deploy step by itself in kfp.local's SubprocessRunner, as a pipeline run would start it."""
+    from kfp import local
+
+    from components.deploy.component import deploy_component
+    from components.factory import DEFAULT_COMPONENT_IMAGE, containerized
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        return containerized(deploy_component, DEFAULT_COMPONENT_IMAGE)(model_uri=URI, mode="manifest", **arguments)
+
+
+def test_step_renders_the_serving_parameters_under_kfp_local(tmp_path: Path) -> None:
+    task = _run_deploy_step_alone(
+        tmp_path,
+        namespace="serving",
+        deployment_mode="Knative",
+        canary_traffic_percent=10,
+        min_replicas=0,
+        max_replicas=5,
+        scale_metric="rps",
+        scale_target=50,
+        arch="arm64",
+        tolerations="arch=arm64:NoSchedule",
+        cpu_limit="1",
+        service_account="my-predictor",
+    )
+    doc = yaml.safe_load(Path(task.outputs["manifest"].path).read_text())
+    assert task.outputs["Output"] == ""  # manifest mode serves nothing
+    assert d.to_manifest_dict(d.from_manifest_dict(doc)) == doc  # a valid kserve object
+    predictor = doc["spec"]["predictor"]
+    assert doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    assert (predictor["canaryTrafficPercent"], predictor["minReplicas"], predictor["maxReplicas"]) == (10, 0, 5)
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("rps", 50)
+    assert predictor["serviceAccountName"] == "my-predictor"
+    required = predictor["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["arm64"]
+    assert predictor["tolerations"] == [{"key": "arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}]
+    assert predictor["containers"][0]["resources"]["limits"]["cpu"] == "1"
+
+
+def test_step_refuses_a_canary_in_standard_mode_under_kfp_local(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A value KServe would not act on fails the step with the field named, before any API call."""
+    with pytest.raises(RuntimeError, match="deploy-component"):
+        _run_deploy_step_alone(tmp_path, canary_traffic_percent=10)
+    out, err = capfd.readouterr()
+    assert "canary_traffic_percent needs deployment_mode 'Knative'" in out + err
 
 
 def test_cluster_mode_without_a_cluster_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

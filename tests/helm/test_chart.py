@@ -29,6 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from components.deploy import kustomize as kz
 from components.deploy.deploy import (
     InferenceServiceSpec,
     build_inference_service,
@@ -37,7 +38,6 @@ from components.deploy.deploy import (
     from_manifest_dict,
     to_manifest_dict,
 )
-from components.deploy import kustomize as kz
 from pipelines.training_pipeline import S3_SECRET, S3_SECRET_ENV
 from tsr.config import DATA_BUCKET, DEFAULT_BUCKET, REPO_ROOT
 
@@ -584,7 +584,7 @@ def test_rbac_is_namespaced_least_privilege(case: str) -> None:
     assert role["rules"] == [
         {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": DEPLOYER_VERBS},
     ]
-    assert DEPLOYER_VERBS == list(kz.DEPLOYER_VERBS)
+    assert list(kz.DEPLOYER_VERBS) == DEPLOYER_VERBS
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",

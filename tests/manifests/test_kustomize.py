@@ -309,7 +309,9 @@ def test_pipeline_runner_role_is_namespaced_least_privilege(built: dict[str, Doc
         ]
         binding = one(docs, "RoleBinding")
         assert binding["roleRef"] == {"apiGroup": kz.RBAC_GROUP, "kind": "Role", "name": role["metadata"]["name"]}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": kz.PIPELINE_RUNNER, "namespace": DEFAULT_NAMESPACE}]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": kz.PIPELINE_RUNNER, "namespace": DEFAULT_NAMESPACE}
+        ]
         accounts = {a["metadata"]["name"]: a for a in by_kind(docs, "ServiceAccount")}
         assert kz.PIPELINE_RUNNER in accounts and accounts[kz.PIPELINE_RUNNER]["automountServiceAccountToken"] is True
 

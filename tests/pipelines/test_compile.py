@@ -38,3 +38,32 @@ def test_compiled_pipeline_structure(tmp_path: Path) -> None:
     assert secrets and all(s["secretName"] == "tsr-s3-credentials" or s.get("secretNameParameter") for s in secrets)
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert not any("secret" in name or "access" in name for name in params)
+
+
+def test_serving_parameters_reach_the_deploy_step(tmp_path: Path) -> None:
+    """Every serving knob of `tsr deploy` is a run parameter wired to the deploy step, with the step's default."""
+    spec = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    deploy = spec["components"]["comp-condition-1"]["dag"]["tasks"]["deploy-component"]["inputs"]["parameters"]
+    step_inputs = spec["components"]["comp-deploy-component"]["inputDefinitions"]["parameters"]
+    wiring = {
+        "deployment_mode": "deployment_mode",
+        "canary_traffic_percent": "canary_traffic_percent",
+        "service_account": "serving_service_account",
+        "min_replicas": "serving_min_replicas",
+        "max_replicas": "serving_max_replicas",
+        "scale_metric": "serving_scale_metric",
+        "scale_target": "serving_scale_target",
+        "arch": "serving_arch",
+        "arch_placement": "serving_arch_placement",
+        "tolerations": "serving_tolerations",
+        "cpu_request": "serving_cpu_request",
+        "cpu_limit": "serving_cpu_limit",
+        "memory_request": "serving_memory_request",
+        "memory_limit": "serving_memory_limit",
+        "ready_timeout_s": "deploy_timeout_s",
+    }
+    for step_input, run_param in wiring.items():
+        source = deploy[step_input]["componentInputParameter"]
+        assert source == f"pipelinechannel--{run_param}", step_input
+        assert params[run_param]["defaultValue"] == step_inputs[step_input]["defaultValue"], run_param
