@@ -37,6 +37,7 @@ help:
 	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml"
 	@echo "make images - build + push tsr-components and tsr-predictor for PLATFORMS (docker buildx; REGISTRY, TAG)"
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
+	@echo "make $(TOOLS)/dockerfile-check - the BuildKit Dockerfile checker (.ci/dockerfile-check; part of make tools)"
 	@echo "make soak   - the locust load test for 10 minutes at 32 users (report in .state/soak)"
 	@echo "make fuzz   - the predictor fuzz tests with 10x the examples"
 
@@ -83,7 +84,7 @@ $(TOOLS)/kustomize:
 	@echo "building kustomize $(KUSTOMIZE_VERSION) with go install (first time only)"
 	GOBIN=$(TOOLS) CGO_ENABLED=0 GOFLAGS=-trimpath go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
-tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint prometheus
+tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOOLS)/dockerfile-check prometheus
 
 demo: venv $(TOOLS)/minio prometheus
 	$(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS) \
@@ -151,6 +152,11 @@ images:
 $(TOOLS)/actionlint:
 	@mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS) CGO_ENABLED=0 GOFLAGS=-trimpath go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+# Dockerfile parse + lint + LLB conversion with BuildKit's own packages, no daemon (.ci/dockerfile-check).
+$(TOOLS)/dockerfile-check: .ci/dockerfile-check/main.go .ci/dockerfile-check/go.mod .ci/dockerfile-check/go.sum
+	@mkdir -p $(TOOLS)
+	cd .ci/dockerfile-check && CGO_ENABLED=0 GOFLAGS=-trimpath go build -o $(abspath $(TOOLS))/dockerfile-check .
 
 actionlint: $(TOOLS)/actionlint
 	$(TOOLS)/actionlint -color .github/workflows/*.yml
