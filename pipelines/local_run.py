@@ -141,7 +141,7 @@ def run_local(
         enable_caching=enable_caching,
     )
     # No Kubernetes placement or retry backoffs locally; caching flags stay as on a cluster.
-    pipeline = build_pipeline(use_k8s_secret=False, placement=Placement.local())
+    pipeline = build_pipeline(use_k8s_secret=False, placement=Placement.local(), packaging="lightweight")
     start = time.perf_counter()
     output = _StepOutput(sys.stdout)
     try:

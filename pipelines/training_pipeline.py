@@ -17,7 +17,7 @@ from kfp.dsl import HTML, Artifact, Markdown
 
 from components.deploy.component import deploy_component
 from components.evaluate.component import evaluate_component
-from components.factory import DEFAULT_COMPONENT_IMAGE, containerized
+from components.factory import DEFAULT_COMPONENT_IMAGE, Packaging, kfp_component
 from components.ingest.component import ingest_component
 from components.optimize.component import optimize_component
 from components.register.component import register_component
@@ -219,21 +219,27 @@ class PipelineOutputs(NamedTuple):
 
 
 def build_pipeline(
-    image: str = DEFAULT_COMPONENT_IMAGE, use_k8s_secret: bool = True, placement: Placement | None = None
+    image: str = DEFAULT_COMPONENT_IMAGE,
+    use_k8s_secret: bool = True,
+    placement: Placement | None = None,
+    packaging: Packaging = "containerized",
 ) -> Any:
     """Build the pipeline with every step running in `image` (registry and tag are configurable).
+
+    `packaging`: `containerized` for a cluster (the image is each step's `target_image`; the IR
+    carries no code), `lightweight` for kfp.local (components/factory.py says why both exist).
 
     `use_k8s_secret` attaches the MinIO Secret and the Kubernetes placement (node selectors, affinity,
     tolerations) through kfp-kubernetes; the local runner turns it off because kfp.local has no Kubernetes
     and hands the store over through the environment. `placement` defaults to `Placement()`.
     """
     placement = placement or Placement()
-    ingest_op = containerized(ingest_component, image)
-    train_op = containerized(train_component, image)
-    evaluate_op = containerized(evaluate_component, image)
-    register_op = containerized(register_component, image)
-    deploy_op = containerized(deploy_component, image)
-    optimize_op = containerized(optimize_component, image)
+    ingest_op = kfp_component(ingest_component, image, packaging)
+    train_op = kfp_component(train_component, image, packaging)
+    evaluate_op = kfp_component(evaluate_component, image, packaging)
+    register_op = kfp_component(register_component, image, packaging)
+    deploy_op = kfp_component(deploy_component, image, packaging)
+    optimize_op = kfp_component(optimize_component, image, packaging)
 
     def with_store(task: Any) -> Any:
         if use_k8s_secret:

@@ -388,3 +388,18 @@ def test_images_workflow_builds_natively_per_arch_and_merges_by_digest() -> None
     merge_runs = " ".join(step.get("run", "") for step in jobs["merge"]["steps"])
     assert "docker buildx imagetools create" in merge_runs
     assert jobs["build"]["permissions"]["packages"] == "write"
+
+
+def test_component_image_carries_the_executor_config() -> None:
+    """Containerized steps find their function through kfp_config.ini in the working directory
+    (components/factory.py): the image writes it at build time exactly where its WORKDIR is."""
+    from components.factory import EXECUTOR_DIR
+
+    final = parse_dockerfile(DOCKERFILES["tsr-components"]).final
+    assert final.all("WORKDIR")[-1] == EXECUTOR_DIR
+    assert f"python -m components.factory {EXECUTOR_DIR}" in [run.strip() for run in final.all("RUN")]
+    # written before USER, so the steps (uid 10001) cannot change which code runs
+    lines = DOCKERFILES["tsr-components"].read_text().splitlines()
+    write = next(i for i, line in enumerate(lines) if "components.factory" in line and line.startswith("RUN"))
+    user = max(i for i, line in enumerate(lines) if line.startswith("USER "))
+    assert write < user

@@ -315,12 +315,12 @@ def _run_deploy_step_alone(tmp_path: Path, **arguments: Any) -> Any:
     from kfp import local
 
     from components.deploy.component import deploy_component
-    from components.factory import DEFAULT_COMPONENT_IMAGE, containerized
+    from components.factory import DEFAULT_COMPONENT_IMAGE, kfp_component
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        return containerized(deploy_component, DEFAULT_COMPONENT_IMAGE)(model_uri=URI, mode="manifest", **arguments)
+        return kfp_component(deploy_component, DEFAULT_COMPONENT_IMAGE)(model_uri=URI, mode="manifest", **arguments)
 
 
 def test_step_renders_the_serving_parameters_under_kfp_local(tmp_path: Path) -> None:

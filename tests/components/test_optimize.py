@@ -180,12 +180,12 @@ def test_component_runs_alone_under_kfp_local(
 
     from kfp import dsl, local
 
-    from components.factory import DEFAULT_COMPONENT_IMAGE, containerized
+    from components.factory import DEFAULT_COMPONENT_IMAGE, kfp_component
     from components.optimize.component import optimize_component
 
     model_dir, _, _ = trained
     dataset_dir = opt_dataset
-    step = containerized(optimize_component, DEFAULT_COMPONENT_IMAGE)
+    step = kfp_component(optimize_component, DEFAULT_COMPONENT_IMAGE)
 
     def alone(model_uri, dataset_uri):  # type: ignore[no-untyped-def]
         model = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model, reimport=False)

@@ -146,7 +146,9 @@ def test_global_tolerations_custom_resources_and_selectors(tmp_path: Path) -> No
 def test_local_placement_carries_no_kubernetes_config(tmp_path: Path) -> None:
     """What kfp.local gets: no platform spec, no retries (no backoff sleeps), same caching flags."""
     out = tmp_path / "local.yaml"
-    compiler.Compiler().compile(build_pipeline(use_k8s_secret=False, placement=Placement.local()), str(out))
+    compiler.Compiler().compile(
+        build_pipeline(use_k8s_secret=False, placement=Placement.local(), packaging="lightweight"), str(out)
+    )
     ir = Compiled(out)
     assert not ir.platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors")
     for step in STEPS:
