@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -211,6 +212,29 @@ def store_start() -> None:
     err.print(f"MinIO running: {config.describe()} (data {server.data_dir})")
     for key, value in config.env().items():
         out.print(f"export {key}={value}", markup=False, highlight=False)
+
+
+@store_app.command("upload")
+@cli_errors()
+def store_upload(
+    source: Annotated[Path, typer.Argument(help="a directory, or a .tar / .tar.gz / .tgz archive (extracted first)")],
+    dest: Annotated[str, typer.Argument(help="s3://bucket/prefix (the bucket is created if needed)")],
+    workers: Annotated[int, typer.Option(help="objects uploaded in parallel")] = 8,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Upload a dataset to the store, keeping relative paths: the data_source of a cluster run."""
+    from tsr.upload import check_upload_args, upload_tree
+
+    check_upload_args(source, dest, workers)
+    with _store_session() as store, _activity(as_json, quiet) as activity:
+        result = upload_tree(source, dest, store, workers=workers, on_progress=activity.bar("upload files", "items"))
+    if as_json:
+        print(json.dumps(dataclasses.asdict(result)))
+        return
+    rate = result.files / result.seconds if result.seconds else 0.0
+    err.print(f"uploaded {result.files} files ({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f} s ({rate:.0f}/s)")
+    print(result.uri)
 
 
 @store_app.command("stop")
@@ -1150,7 +1174,17 @@ EXAMPLES: dict[str, list[str]] = {
         "tsr models list",
         "tsr predict sign.png --url http://127.0.0.1:8080",
     ],
-    "store": ['eval "$(tsr store start)"', "tsr store stop"],
+    "store": [
+        'eval "$(tsr store start)"',
+        "tsr store upload gtsrb-train-32.tar.gz s3://datasets/gtsrb",
+        "tsr store stop",
+    ],
+    "store upload": [
+        "tsr store upload gtsrb-train-32.tar.gz s3://datasets/gtsrb   # extracts, then uploads every file",
+        "tsr store upload ./my-imagefolder s3://datasets/signs --workers 16 --json",
+        "# into a cluster's MinIO: kubectl -n tsr port-forward svc/tsr-platform-minio 9000 &, then export",
+        "# TSR_S3_ENDPOINT=127.0.0.1:9000 TSR_S3_ACCESS_KEY=... TSR_S3_SECRET_KEY=... (helm NOTES show how)",
+    ],
     "store start": ['eval "$(tsr store start)"   # start the embedded MinIO, export TSR_S3_* in this shell'],
     "store stop": ["tsr store stop"],
     "prometheus": ["tsr prometheus stop"],
