@@ -8,10 +8,13 @@ the real actionlint (built by `make actionlint`) and structurally with PyYAML.
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,3 +406,50 @@ def test_component_image_carries_the_executor_config() -> None:
     write = next(i for i, line in enumerate(lines) if "components.factory" in line and line.startswith("RUN"))
     user = max(i for i, line in enumerate(lines) if line.startswith("USER "))
     assert write < user
+
+
+def test_image_sizes_sums_compressed_layers_per_platform(tmp_path: Path) -> None:
+    """.ci/image-sizes.sh (the sizes in `make images` output and the release summary). No engine or
+    registry runs here, so a stand-in `docker` answers `buildx imagetools inspect --raw <ref>` with
+    OCI documents in the registry's format: an index with two platforms and an attestation manifest."""
+    ref = "ghcr.io/you/tsr-predictor:0.1.0"
+    digests = {"amd64": "sha256:" + "a" * 64, "arm64": "sha256:" + "b" * 64, "att": "sha256:" + "c" * 64}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"digest": digests["amd64"], "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": digests["arm64"], "size": 1, "platform": {"os": "linux", "architecture": "arm64"}},
+            {"digest": digests["att"], "size": 1, "platform": {"os": "unknown", "architecture": "unknown"}},
+        ],
+    }
+
+    def manifest(*sizes: int) -> dict[str, object]:
+        layers = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": s} for s in sizes]
+        return {"schemaVersion": 2, "layers": layers}
+
+    answers = {
+        ref: index,
+        f"ghcr.io/you/tsr-predictor@{digests['amd64']}": manifest(30_000_000, 250_000_000, 1_234_567),
+        f"ghcr.io/you/tsr-predictor@{digests['arm64']}": manifest(28_000_000, 199_950_000),
+    }
+    (tmp_path / "answers.json").write_text(json.dumps(answers))
+    docker = tmp_path / "bin" / "docker"
+    docker.parent.mkdir()
+    docker.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"answers = json.load(open({str(tmp_path / 'answers.json')!r}))\n"
+        "assert sys.argv[1:5] == ['buildx', 'imagetools', 'inspect', '--raw'], sys.argv\n"
+        "print(json.dumps(answers[sys.argv[5]]))\n"
+    )
+    docker.chmod(0o755)
+    env = {**os.environ, "PATH": f"{docker.parent}:{os.environ['PATH']}"}
+    script = str(REPO_ROOT / ".ci" / "image-sizes.sh")
+    done = subprocess.run([script, ref], env=env, capture_output=True, text=True, check=True)
+    rows = [line for line in done.stdout.splitlines() if line.startswith(f"| {ref}")]
+    assert rows == [
+        f"| {ref} | linux/amd64 | 281.2 MB | 3 |",
+        f"| {ref} | linux/arm64 | 228 MB | 2 |",
+    ]
+    untagged = subprocess.run([script, "ghcr.io/you/tsr-predictor"], env=env, capture_output=True, text=True)
+    assert untagged.returncode == 2 and "give a tag or digest" in untagged.stderr
