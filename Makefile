@@ -10,6 +10,11 @@ MINIO_VERSION ?= v0.0.0-20260212201848-7aac2a2c5b7c
 HELM_VERSION ?= v3.22.0
 # (kustomize v5.8.3 needs Go 1.27; the machines have 1.26)
 KUSTOMIZE_VERSION ?= v5.8.1
+# CRDs the tests validate rendered custom resources against (make crds): KServe's InferenceService (kserve
+# v0.21.0, the Python SDK's version, is refused by the Go proxy: v0.20.0 is the closest) and prometheus-operator's.
+CRDS := $(CURDIR)/.tools/crds
+KSERVE_CRD_VERSION ?= v0.20.0
+PROM_OPERATOR_VERSION ?= v0.93.1
 DEMO_EPOCHS ?= 18
 DEMO_TRACKS ?= 0
 DEMO_BATCH ?= 256
@@ -24,7 +29,7 @@ PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test lint typecheck compile bench clean clean-state images actionlint
+.PHONY: help venv tools crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test lint typecheck compile bench clean clean-state images actionlint
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -36,6 +41,7 @@ help:
 	@echo "make manifests - regenerate manifests/ (InferenceService, kustomize base and overlays)"
 	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml"
 	@echo "make images - build + push tsr-components and tsr-predictor for PLATFORMS (docker buildx; REGISTRY, TAG)"
+	@echo "make crds   - fetch the KServe + prometheus-operator CRDs the tests validate against (.tools/crds)"
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
 	@echo "make $(TOOLS)/dockerfile-check - the BuildKit Dockerfile checker (.ci/dockerfile-check; part of make tools)"
 	@echo "make soak   - the locust load test for 10 minutes at 32 users (report in .state/soak)"
@@ -84,7 +90,20 @@ $(TOOLS)/kustomize:
 	@echo "building kustomize $(KUSTOMIZE_VERSION) with go install (first time only)"
 	GOBIN=$(TOOLS) CGO_ENABLED=0 GOFLAGS=-trimpath go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
-tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOOLS)/dockerfile-check prometheus
+# The CRD YAMLs from the modules' zips (go mod download prints the module's Dir); the stamp names the versions.
+$(CRDS)/.stamp-$(KSERVE_CRD_VERSION)-$(PROM_OPERATOR_VERSION):
+	@mkdir -p $(CRDS)
+	@echo "fetching the KServe $(KSERVE_CRD_VERSION) and prometheus-operator $(PROM_OPERATOR_VERSION) CRDs (go mod download)"
+	dir() { go mod download -json "$$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'; } && \
+	kserve=$$(dir github.com/kserve/kserve@$(KSERVE_CRD_VERSION)) && [ -d "$$kserve" ] && \
+	prom=$$(dir github.com/prometheus-operator/prometheus-operator@$(PROM_OPERATOR_VERSION)) && [ -d "$$prom" ] && \
+	install -m 644 $$kserve/config/crd/full/serving.kserve.io_inferenceservices.yaml \
+	  $$prom/example/prometheus-operator-crd/monitoring.coreos.com_{podmonitors,servicemonitors,prometheusrules,alertmanagerconfigs}.yaml $(CRDS)/
+	@rm -f $(CRDS)/.stamp-* && touch $@
+
+crds: $(CRDS)/.stamp-$(KSERVE_CRD_VERSION)-$(PROM_OPERATOR_VERSION)
+
+tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOOLS)/dockerfile-check crds prometheus
 
 demo: venv $(TOOLS)/minio prometheus
 	$(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS) \
@@ -147,7 +166,8 @@ images:
 	echo "base image $$base, platforms $(PLATFORMS), revision $$rev"; \
 	args="--build-arg PYTHON_IMAGE=$$base --build-arg VERSION=$(TAG) --build-arg REVISION=$$rev"; \
 	docker buildx build --platform $(PLATFORMS) $$args -f components/Dockerfile -t $(REGISTRY)/tsr-components:$(TAG) --push . && \
-	docker buildx build --platform $(PLATFORMS) $$args -f serving/Dockerfile -t $(REGISTRY)/tsr-predictor:$(TAG) --push .
+	docker buildx build --platform $(PLATFORMS) $$args -f serving/Dockerfile -t $(REGISTRY)/tsr-predictor:$(TAG) --push . && \
+	.ci/image-sizes.sh $(REGISTRY)/tsr-components:$(TAG) $(REGISTRY)/tsr-predictor:$(TAG)
 
 $(TOOLS)/actionlint:
 	@mkdir -p $(TOOLS)

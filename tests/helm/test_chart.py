@@ -39,6 +39,7 @@ from components.deploy.deploy import (
     to_manifest_dict,
 )
 from pipelines.training_pipeline import S3_SECRET, S3_SECRET_ENV
+from tests import crd_schema
 from tsr.config import DATA_BUCKET, DEFAULT_BUCKET, REPO_ROOT
 
 CHART = REPO_ROOT / "helm" / "tsr-platform"
@@ -730,3 +731,21 @@ def test_golden(case: str) -> None:
         path.write_text(text)
     assert path.is_file(), f"{path} missing: run TSR_UPDATE_GOLDEN=1 pytest tests/helm"
     assert text == path.read_text(), f"{path.name} differs from helm template; TSR_UPDATE_GOLDEN=1 regenerates it"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_custom_resources_validate_against_the_real_crds(case: str) -> None:
+    """Every InferenceService, PodMonitor/ServiceMonitor and PrometheusRule satisfies the published CRD
+    (KServe, prometheus-operator; make crds): types, enums, required fields, and no field the API server
+    would prune. The kinds each case must render come from its values, so the test cannot pass empty."""
+    values = values_of(case)
+    monitoring = values["monitoring"]
+    expected = {
+        "InferenceService": values["inferenceService"]["enabled"],
+        monitoring["scrape"]["kind"]: monitoring["scrape"]["enabled"],
+        "PrometheusRule": monitoring["prometheusRule"]["enabled"],
+    }
+    custom = [o for o in rendered(case) if crd_schema.has_crd(o)]
+    assert sorted(o["kind"] for o in custom) == sorted(kind for kind, on in expected.items() if on)
+    errors = [e for o in custom for e in crd_schema.crd_errors(o)]
+    assert not errors, f"{case}: rendered objects the CRDs refuse or prune:\n" + "\n".join(errors)

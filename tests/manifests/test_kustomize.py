@@ -41,6 +41,7 @@ from components.deploy.deploy import (
 )
 from pipelines.training_pipeline import S3_SECRET as PIPELINE_S3_SECRET
 from pipelines.training_pipeline import S3_SECRET_ENV as PIPELINE_S3_SECRET_ENV
+from tests import crd_schema
 from tsr.config import REPO_ROOT
 
 MANIFESTS = REPO_ROOT / "manifests"
@@ -417,3 +418,30 @@ def test_network_policy_admits_the_serving_ports_only(built: dict[str, Docs]) ->
 def test_impossible_configs_are_refused(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kz.KustomizeConfig(**overrides)
+
+
+def test_custom_resources_validate_against_the_real_crds(built: dict[str, Docs], tmp_path: Path) -> None:
+    """The InferenceService of every overlay and the prometheus-operator objects of manifests/monitoring (its
+    kustomize build, plus servicemonitor.yaml, the PodMonitor's swap-in) satisfy the published CRDs (make crds):
+    types, enums, required fields, and no field the API server would prune."""
+    monitoring = tmp_path / "monitoring"
+    shutil.copytree(MANIFESTS / "monitoring", monitoring)
+    sources: dict[str, Docs] = {
+        **built,
+        "monitoring": build(monitoring),
+        "monitoring/servicemonitor.yaml": [yaml.safe_load((monitoring / "servicemonitor.yaml").read_text())],
+    }
+    kinds = {source: sorted(d["kind"] for d in docs if crd_schema.has_crd(d)) for source, docs in sources.items()}
+    assert kinds == {
+        **{overlay: ["InferenceService"] for overlay in kz.OVERLAYS},
+        "monitoring": ["PodMonitor", "PrometheusRule"],
+        "monitoring/servicemonitor.yaml": ["ServiceMonitor"],
+    }
+    errors = [
+        f"{source}: {e}"
+        for source, docs in sources.items()
+        for doc in docs
+        if crd_schema.has_crd(doc)
+        for e in crd_schema.crd_errors(doc)
+    ]
+    assert not errors, "objects the CRDs refuse or prune:\n" + "\n".join(errors)

@@ -33,6 +33,7 @@ from components.deploy.deploy import DEFAULT_NAMESPACE
 from pipelines.compile import COMPILED
 from pipelines.submit import PipelinePackage, validate_parameters
 from serving.monitoring.alerts import AlertConfig, alert_rules
+from tests import crd_schema
 from tests.manifests.test_kustomize import K8S_GROUPS, K8S_VERSIONS, PART_OF, build, by_kind, kustomize, one
 from tests.pipelines.kfp_fake import FakeKfp
 from tests.test_no_secrets import find_secrets
@@ -623,3 +624,18 @@ def test_run_parameters_are_checked_when_rendering() -> None:
 
     with pytest.raises(ParameterError):
         rm.render_retrain(kz.KustomizeConfig(), rm.RetrainConfig(deploy_mode=3))  # type: ignore[arg-type]
+
+
+def test_alertmanager_config_validates_against_the_real_crd(built: Docs) -> None:
+    """The AlertmanagerConfig against prometheus-operator's published CRD (make crds), not a transcription:
+    types, enums, patterns, required fields, unique receiver names, and no field the API server would prune;
+    a misspelt route field is caught."""
+    amc = one(built, "AlertmanagerConfig")
+    assert crd_schema.crd_errors(amc) == []
+    misspelt = json.loads(json.dumps(amc))
+    misspelt["spec"]["route"]["group_wait"] = "30s"
+    misspelt["spec"]["route"]["groupInterval"] = "5 minutes"
+    assert crd_schema.crd_errors(misspelt) == [
+        f"AlertmanagerConfig/{rm.RETRAIN}: spec.route.groupInterval: '5 minutes' does not match '{_CRD_DURATION}'",
+        f"AlertmanagerConfig/{rm.RETRAIN}: spec.route.group_wait: unknown field (pruned by the API server)",
+    ]
