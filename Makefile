@@ -39,7 +39,7 @@ help:
 	@echo "make bench-serving - predictor throughput with and without batching (wrk, concurrency 32)"
 	@echo "make monitoring - regenerate manifests/monitoring/ (alert rules, dashboard, monitors)"
 	@echo "make manifests - regenerate manifests/ (InferenceService, kustomize base and overlays)"
-	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml"
+	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml (and manifests/retrain/, which ships it)"
 	@echo "make images - build + push tsr-components and tsr-predictor for PLATFORMS (docker buildx; REGISTRY, TAG)"
 	@echo "make crds   - fetch the KServe + prometheus-operator CRDs the tests validate against (.tools/crds)"
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
@@ -130,8 +130,10 @@ manifests: venv
 	$(PY) -m components.deploy.deploy --write-manifests manifests/
 	$(PY) -m components.deploy.kustomize
 
+# The retrain receiver's ConfigMap (manifests/retrain/) carries the compiled pipeline, so it is rendered again too.
 compile: venv
 	$(PY) -m pipelines.compile --image $(COMPONENT_IMAGE)
+	$(PY) -m components.deploy.kustomize
 
 bench: venv $(TOOLS)/minio wrk
 	$(PY) -m benchmarks.suite
