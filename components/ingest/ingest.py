@@ -257,6 +257,9 @@ def limit_groups(listing: Listing, max_groups_per_class: int) -> Listing:
     return Listing(listing.root, listing.layout, listing.class_names, samples)
 
 
+S3_COPY_WORKERS = 8  # parallel object downloads when the source is an s3:// prefix
+
+
 @contextmanager
 def local_copy(
     source: str, store: StoreConfig | None, download: bool, on_download: ProgressCallback | None = None
@@ -280,10 +283,12 @@ def local_copy(
             raise DataError(f"{source}: no objects under this prefix")
         tmp = Path(tempfile.mkdtemp(prefix="tsr-ingest-"))
         try:
-            for done, key in enumerate(keys, 1):
-                objects.get_file(key, tmp / key[len(prefix) :].lstrip("/"))
-                if on_download is not None:
-                    on_download(done, len(keys))
+            # A dataset is tens of thousands of small objects, one round trip each: fetch them in parallel.
+            with ThreadPoolExecutor(max_workers=S3_COPY_WORKERS, thread_name_prefix="ingest-copy") as pool:
+                fetches = pool.map(lambda key: objects.get_file(key, tmp / key[len(prefix) :].lstrip("/")), keys)
+                for done, _ in enumerate(fetches, 1):
+                    if on_download is not None:
+                        on_download(done, len(keys))
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
