@@ -44,6 +44,7 @@ help:
 	@echo "make crds   - fetch the KServe + prometheus-operator CRDs the tests validate against (.tools/crds)"
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
 	@echo "make $(TOOLS)/dockerfile-check - the BuildKit Dockerfile checker (.ci/dockerfile-check; part of make tools)"
+	@echo "make $(TOOLS)/kube-crd-apiserver - etcd + apiextensions-apiserver for CRD tests (.ci/kube-crd-apiserver; part of make tools)"
 	@echo "make soak   - the locust load test for 10 minutes at 32 users (report in .state/soak)"
 	@echo "make fuzz   - the predictor fuzz tests with 10x the examples"
 
@@ -103,7 +104,7 @@ $(CRDS)/.stamp-$(KSERVE_CRD_VERSION)-$(PROM_OPERATOR_VERSION):
 
 crds: $(CRDS)/.stamp-$(KSERVE_CRD_VERSION)-$(PROM_OPERATOR_VERSION)
 
-tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOOLS)/dockerfile-check crds prometheus
+tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOOLS)/dockerfile-check $(TOOLS)/kube-crd-apiserver crds prometheus
 
 demo: venv $(TOOLS)/minio prometheus
 	$(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS) \
@@ -179,6 +180,12 @@ $(TOOLS)/actionlint:
 $(TOOLS)/dockerfile-check: .ci/dockerfile-check/main.go .ci/dockerfile-check/go.mod .ci/dockerfile-check/go.sum
 	@mkdir -p $(TOOLS)
 	cd .ci/dockerfile-check && CGO_ENABLED=0 GOFLAGS=-trimpath go build -o $(abspath $(TOOLS))/dockerfile-check .
+
+# A real API server for custom resources (embedded etcd + apiextensions-apiserver) on loopback for the
+# tests (.ci/kube-crd-apiserver; tests/kube_apiserver.py starts it).
+$(TOOLS)/kube-crd-apiserver: .ci/kube-crd-apiserver/main.go .ci/kube-crd-apiserver/go.mod .ci/kube-crd-apiserver/go.sum
+	@mkdir -p $(TOOLS)
+	cd .ci/kube-crd-apiserver && CGO_ENABLED=0 GOFLAGS=-trimpath go build -o $(abspath $(TOOLS))/kube-crd-apiserver .
 
 actionlint: $(TOOLS)/actionlint
 	$(TOOLS)/actionlint -color .github/workflows/*.yml
