@@ -26,6 +26,7 @@ import httpx
 from benchmarks.serving_throughput import request_body, run_wrk
 from benchmarks.train_default import cpu_model
 from tsr.config import REPO_ROOT
+from tsr.processes import stop_child
 
 
 def machine_info() -> dict[str, Any]:
@@ -49,18 +50,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    """SIGTERM, then SIGKILL: a benchmark must never leave a server running."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout_s)
-
-
 @contextmanager
 def server_process(cmd: list[str], ready_url: str, log: Path, timeout_s: float = 120.0) -> Iterator[int]:
     """Start `cmd`, wait until `ready_url` answers 200, yield its pid; stop it on the way out, whatever happened."""
@@ -81,7 +70,7 @@ def server_process(cmd: list[str], ready_url: str, log: Path, timeout_s: float =
             time.sleep(0.3)
         yield proc.pid
     finally:
-        stop_process(proc)
+        stop_child(proc, timeout_s=20.0)  # a benchmark must never leave a server running
 
 
 @dataclass(frozen=True)

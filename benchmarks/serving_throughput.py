@@ -38,6 +38,7 @@ from tsr.gtsrb import CLASS_NAMES
 from tsr.local_minio import free_port
 from tsr.models import DEFAULT_ARCH, ModelConfig, build_model, save_model_dir
 from tsr.preprocessing import PreprocessConfig
+from tsr.processes import stop_child
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_NAME = "gtsrb-classifier"
@@ -142,11 +143,7 @@ def measure(
             int(result["non_2xx"]),
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_child(proc)
 
 
 def main() -> None:

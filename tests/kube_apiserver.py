@@ -17,7 +17,6 @@ A missing or stale binary fails the test (`make tools`), like the other tools; i
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from tsr.config import REPO_ROOT
+from tsr.processes import stop_child
 
 BINARY = REPO_ROOT / ".tools" / "bin" / "kube-crd-apiserver"
 SOURCE = REPO_ROOT / ".ci" / "kube-crd-apiserver"
@@ -68,18 +68,7 @@ class KubeApiServer:
     def stop(self) -> int:
         """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; the exit status (negative: killed by that signal)."""
         self.api_client.close()
-        return _stop(self.process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return int(process.returncode)
+        return stop_child(self.process, STOP_TIMEOUT_S)
 
 
 def start_kube_apiserver(root: Path, port: int = 0) -> KubeApiServer:
@@ -104,7 +93,7 @@ def start_kube_apiserver(root: Path, port: int = 0) -> KubeApiServer:
         if url is not None:
             break
         if process.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
-            _stop(process)
+            stop_child(process, STOP_TIMEOUT_S)
             log = log_file.read_text(errors="replace")[-4000:]
             pytest.fail(f"kube-crd-apiserver did not get ready (exit status {process.returncode}):\n{log}")
         time.sleep(0.05)
@@ -112,7 +101,7 @@ def start_kube_apiserver(root: Path, port: int = 0) -> KubeApiServer:
     try:
         api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
     except Exception:
-        _stop(process)
+        stop_child(process, STOP_TIMEOUT_S)
         raise
     return KubeApiServer(url, kubeconfig, api_client, process, log_file, startup_s)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -70,3 +72,16 @@ def terminate(
         if not alive(pid, start_time):
             break
     return True
+
+
+def stop_child(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> int:
+    """Our own child process: SIGTERM (a graceful shutdown), SIGKILL if it lingers past `timeout_s`;
+    reaped either way. Its exit status (negative: killed by that signal)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return int(proc.returncode)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tsr.config import REPO_ROOT
+from tsr.processes import stop_child
 
 
 @contextmanager
@@ -50,12 +51,7 @@ def predictor_process(
             time.sleep(0.5)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_child(proc)
 
 
 @contextmanager

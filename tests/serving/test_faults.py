@@ -36,6 +36,7 @@ from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
 from tsr.config import REPO_ROOT, StoreConfig
 from tsr.local_minio import LocalMinio, free_port
+from tsr.processes import stop_child
 from tsr.registry import Registry
 from tsr.store import S3Store, StoreError
 
@@ -92,16 +93,6 @@ def _wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _check_v2(body: dict[str, Any], version: str, reference: dict[str, Any] | None) -> None:
@@ -263,9 +254,9 @@ def test_killed_under_traffic_and_restarted(minio: StoreConfig, tmp_path: Path) 
             stop_probing.set()
             prober.join(timeout=30)
     finally:
-        _stop(proc)
+        stop_child(proc)
         if restarted is not None:
-            _stop(restarted)
+            stop_child(restarted)
 
     # The restarted process says when its model was swapped in; ready cannot be 200 before that.
     assert restarted is not None
@@ -323,7 +314,7 @@ def test_minio_unreachable_at_start_then_up(minio_server: LocalMinio, tmp_path: 
             assert resp.status_code == 200
             _check_v2(resp.json(), version, None)
     finally:
-        _stop(proc)
+        stop_child(proc)
     lines = [line for line in log.read_text().splitlines() if "loading 'champion' failed" in line]
     attempts = [int(_group(r"attempt (\d+)/9", line)) for line in lines]
     assert attempts == list(range(1, len(lines) + 1)) and len(lines) >= 2, lines
