@@ -89,21 +89,24 @@ def _extras(evaluation: dict[str, Any]) -> dict[str, Any]:
     return evaluation.get("report") or {}
 
 
+def _split_rows(evaluation: dict[str, Any]) -> list[tuple[str, str]]:
+    """Accuracy, macro-F1 and size of the validation split (and the test split, when evaluated):
+    the first rows of both the HTML summary and the Markdown one."""
+    rows = []
+    for split, metrics in (("validation", evaluation["validation"]), ("test", evaluation.get("test"))):
+        if metrics:
+            rows += [
+                (f"{split} accuracy", _pct(metrics["accuracy"])),
+                (f"{split} macro-F1", f"{metrics['macro_f1']:.4f}"),
+                (f"{split} images (n)", f"{metrics['n']:,}"),
+            ]
+    return rows
+
+
 def _summary_section(evaluation: dict[str, Any]) -> str:
-    val, gate = evaluation["validation"], evaluation["gate"]
+    gate = evaluation["gate"]
     colour = "#1a7f37" if gate["result"] == "pass" else "#cf222e"
-    rows = [
-        ("validation accuracy", _pct(val["accuracy"])),
-        ("validation macro-F1", f"{val['macro_f1']:.4f}"),
-        ("validation images (n)", f"{val['n']:,}"),
-    ]
-    test = evaluation.get("test")
-    if test:
-        rows += [
-            ("test accuracy", _pct(test["accuracy"])),
-            ("test macro-F1", f"{test['macro_f1']:.4f}"),
-            ("test images (n)", f"{test['n']:,}"),
-        ]
+    rows = _split_rows(evaluation)
     champion = evaluation.get("champion") or {}
     if champion.get("accuracy") is not None:
         rows.append(("vs champion", f"{_points(champion_delta(evaluation))} ({_esc(champion['uri'])})"))
@@ -335,18 +338,10 @@ def _md(text: Any) -> str:
 
 def render_summary(evaluation: dict[str, Any]) -> str:
     """The key numbers as Markdown (the evaluate step's `Markdown` artifact)."""
-    val, gate = evaluation["validation"], evaluation["gate"]
+    gate = evaluation["gate"]
     champion = evaluation.get("champion") or {}
     latency = evaluation.get("latency") or {}
-    rows = [
-        ("validation accuracy", _pct(val["accuracy"])),
-        ("validation macro-F1", f"{val['macro_f1']:.4f}"),
-        ("validation images (n)", f"{val['n']:,}"),
-    ]
-    test = evaluation.get("test")
-    if test:
-        rows += [("test accuracy", _pct(test["accuracy"])), ("test macro-F1", f"{test['macro_f1']:.4f}")]
-        rows.append(("test images (n)", f"{test['n']:,}"))
+    rows = _split_rows(evaluation)
     if champion.get("accuracy") is not None:
         rows.append(("champion", f"{_md(champion['uri'])} ({_pct(champion['accuracy'])})"))
         rows.append(("Δ accuracy vs champion", _points(champion_delta(evaluation))))
