@@ -65,10 +65,18 @@ def has_crd(obj: dict[str, Any]) -> bool:
 def load_crd(group: str, kind: str) -> dict[str, Any]:
     """The CRD document (parsed once); a missing file fails the test like a missing helm binary does."""
     path: Path = CRD_DIR / CRD_FILES[(group, kind)]
+    crd = read_crd_file(path)
+    assert crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind, path
+    return crd
+
+
+def read_crd_file(path: Path) -> dict[str, Any]:
+    """One CRD YAML file as fetched by `make crds`; a missing file fails the test like a missing helm binary."""
     if not path.is_file():
         pytest.fail(f"CRD {path} not found: run `make crds` (part of make tools)")
-    crd: dict[str, Any] = yaml.load(path.read_text(), Loader=_CrdLoader)  # a SafeLoader: no arbitrary objects
-    assert crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind, path
+    crd = yaml.load(path.read_text(), Loader=_CrdLoader)  # a SafeLoader: no arbitrary objects
+    if not isinstance(crd, dict) or crd.get("kind") != "CustomResourceDefinition":
+        raise ValueError(f"{path} is not a CustomResourceDefinition")
     return crd
 
 

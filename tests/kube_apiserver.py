@@ -7,8 +7,7 @@ conflicts, generation, the status subresource), over HTTPS on 127.0.0.1 with ano
 always-allowed access. It serves no core kinds (no Namespace, Secret, ...) and runs no admission
 plugins, so namespaced custom resources need no Namespace object.
 
-    with kube_apiserver(tmp_path) as server:
-        install_crd(server.api_client, CRD_DIR / "serving.kserve.io_inferenceservices.yaml")
+    with kube_apiserver(tmp_path, crds=[ISVC_CRD]) as server:
         CustomObjectsApi(server.api_client).create_namespaced_custom_object(...)
 
 A missing or stale binary fails the test (`make tools`), like the other tools; it is not a skip.
@@ -19,24 +18,24 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
+from tests.crd_schema import CRD_DIR, CRD_FILES, read_crd_file
 from tsr.config import REPO_ROOT
 from tsr.processes import stop_child
 
 BINARY = REPO_ROOT / ".tools" / "bin" / "kube-crd-apiserver"
 SOURCE = REPO_ROOT / ".ci" / "kube-crd-apiserver"
-CRD_DIR = REPO_ROOT / ".tools" / "crds"
+ISVC_CRD = CRD_FILES[("serving.kserve.io", "InferenceService")]  # KServe's InferenceService CRD
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 
@@ -107,41 +106,22 @@ def start_kube_apiserver(root: Path, port: int = 0) -> KubeApiServer:
 
 
 @contextmanager
-def kube_apiserver(root: Path, port: int = 0) -> Iterator[KubeApiServer]:
-    """`start_kube_apiserver`, stopped on exit: fits a (module-scoped) pytest fixture's `yield`."""
+def kube_apiserver(root: Path, port: int = 0, crds: Iterable[str] = ()) -> Iterator[KubeApiServer]:
+    """`start_kube_apiserver` with the CRDs of `crds` (file names in CRD_DIR) installed, stopped on exit:
+    fits a (module-scoped) pytest fixture's `yield`."""
     server = start_kube_apiserver(root, port)
     try:
+        for name in crds:
+            install_crd(server.api_client, CRD_DIR / name)
         yield server
     finally:
         server.stop()
 
 
-class _CrdLoader(yaml.CSafeLoader):
-    """YAML 1.1's `=` (the "value" tag, in prometheus-operator's enums) is a plain string to the API server."""
-
-
-def _plain_string(loader: yaml.SafeLoader, node: yaml.Node) -> str:
-    assert isinstance(node, yaml.ScalarNode)
-    return str(loader.construct_scalar(node))
-
-
-_CrdLoader.add_constructor("tag:yaml.org,2002:value", _plain_string)
-
-
-def load_crd(path: Path) -> dict[str, Any]:
-    with path.open() as fh:
-        crd = yaml.load(fh, Loader=_CrdLoader)  # a SafeLoader subclass
-    if not isinstance(crd, dict) or crd.get("kind") != "CustomResourceDefinition":
-        raise ValueError(f"{path} is not a CustomResourceDefinition")
-    return crd
-
-
 def install_crd(api_client: k8s.ApiClient, path: Path, timeout: float = 30.0) -> dict[str, Any]:
     """Create the CRD in `path` (a YAML file; kept if it exists already) and wait until it is Established,
     i.e. its custom resources are served. Returns the CRD as the server has it."""
-    if not path.is_file():
-        pytest.fail(f"CRD file {path} not found: run `make crds` (part of `make tools`)")
-    crd = load_crd(path)
+    crd = read_crd_file(path)
     api = k8s.ApiextensionsV1Api(api_client)
     name = crd["metadata"]["name"]
     # Raw JSON (_preload_content=False): this CRD is ~1.5 MB and the typed models are slow to build.

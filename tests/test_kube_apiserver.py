@@ -19,7 +19,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from components.deploy.deploy import InferenceServiceSpec, build_inference_service, to_manifest_dict
-from tests.kube_apiserver import CRD_DIR, KubeApiServer, install_crd, kube_apiserver, start_kube_apiserver
+from tests.kube_apiserver import ISVC_CRD, KubeApiServer, kube_apiserver, start_kube_apiserver
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 NAMESPACE = "tsr"
@@ -29,8 +29,7 @@ Obj = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApiServer]:
-    with kube_apiserver(tmp_path_factory.mktemp("kube-apiserver")) as srv:
-        install_crd(srv.api_client, CRD_DIR / "serving.kserve.io_inferenceservices.yaml")
+    with kube_apiserver(tmp_path_factory.mktemp("kube-apiserver"), crds=[ISVC_CRD]) as srv:
         yield srv
 
 

@@ -27,7 +27,7 @@ from kubernetes.client.rest import ApiException
 
 from components.deploy import deploy as d
 from components.deploy import rollout as r
-from tests.kube_apiserver import CRD_DIR, KubeApiServer, install_crd, kube_apiserver
+from tests.kube_apiserver import ISVC_CRD, KubeApiServer, kube_apiserver
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 NS = "tsr"
@@ -72,8 +72,7 @@ class Controller(threading.Thread):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApiServer]:
-    with kube_apiserver(tmp_path_factory.mktemp("kube-apiserver")) as srv:
-        install_crd(srv.api_client, CRD_DIR / "serving.kserve.io_inferenceservices.yaml")
+    with kube_apiserver(tmp_path_factory.mktemp("kube-apiserver"), crds=[ISVC_CRD]) as srv:
         yield srv
 
 

@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 from components.deploy import kustomize as kz
 from tests.crd_schema import CRD_FILES, has_crd
 from tests.helm.test_chart import CASES, rendered
-from tests.kube_apiserver import CRD_DIR, install_crd, kube_apiserver
+from tests.kube_apiserver import kube_apiserver
 from tests.manifests.test_kustomize import build, copy_manifests
 
 PLURALS = {
@@ -34,9 +34,7 @@ PLURALS = {
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[k8s.CustomObjectsApi]:
-    with kube_apiserver(tmp_path_factory.mktemp("kube-apiserver")) as server:
-        for name in sorted(set(CRD_FILES.values())):
-            install_crd(server.api_client, CRD_DIR / name)
+    with kube_apiserver(tmp_path_factory.mktemp("kube-apiserver"), crds=sorted(set(CRD_FILES.values()))) as server:
         yield k8s.CustomObjectsApi(server.api_client)
 
 
