@@ -306,6 +306,32 @@ def _tolerations(spec: InferenceServiceSpec) -> list[k8s.V1Toleration] | None:
     ]
 
 
+def restricted_pod_security() -> k8s.V1PodSecurityContext:
+    """Pod Security Standards "restricted", as the images run (uid/gid 10001); `fs_group` keeps mounted
+    volumes (model files, the projected token) readable for that user."""
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=RUN_AS_USER,
+        run_as_group=RUN_AS_USER,
+        fs_group=RUN_AS_USER,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def restricted_container_security(seccomp_profile: bool = False) -> k8s.V1SecurityContext:
+    """The container half of "restricted": read-only root filesystem, no privilege escalation, no
+    capabilities. `seccomp_profile` repeats the pod's RuntimeDefault profile on the container."""
+    return k8s.V1SecurityContext(
+        run_as_non_root=True,
+        run_as_user=RUN_AS_USER,
+        run_as_group=RUN_AS_USER,
+        read_only_root_filesystem=True,
+        allow_privilege_escalation=False,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault") if seccomp_profile else None,
+    )
+
+
 def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceService:
     """The InferenceService for one registered version, from typed SDK models only.
 
@@ -355,14 +381,7 @@ def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceServi
             period_seconds=15,
             failure_threshold=4,
         ),
-        security_context=k8s.V1SecurityContext(
-            run_as_non_root=True,
-            run_as_user=RUN_AS_USER,
-            run_as_group=RUN_AS_USER,
-            read_only_root_filesystem=True,
-            allow_privilege_escalation=False,
-            capabilities=k8s.V1Capabilities(drop=["ALL"]),
-        ),
+        security_context=restricted_container_security(),
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
     )
     predictor = V1beta1PredictorSpec(
@@ -377,13 +396,7 @@ def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceServi
         node_selector=dict(spec.node_selector) or None,
         affinity=_affinity(spec),
         tolerations=_tolerations(spec),
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=RUN_AS_USER,
-            run_as_group=RUN_AS_USER,
-            fs_group=RUN_AS_USER,  # /mnt/models, written by the storage-initializer, stays readable
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
+        security_context=restricted_pod_security(),  # fs_group: the storage-initializer's /mnt/models stays readable
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=spec.tmp_size_limit))],
     )
     return V1beta1InferenceService(

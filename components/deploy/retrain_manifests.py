@@ -40,7 +40,13 @@ from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH
 from kfp.client.client import KF_PIPELINES_ENDPOINT_ENV
 from kubernetes import client as k8s
 
-from components.deploy.deploy import _PART_OF, RUN_AS_USER, to_manifest_dict
+from components.deploy.deploy import (
+    _PART_OF,
+    RUN_AS_USER,
+    restricted_container_security,
+    restricted_pod_security,
+    to_manifest_dict,
+)
 from components.deploy.kustomize import (
     HEADER,
     KUSTOMIZATION,
@@ -395,15 +401,7 @@ def build_deployment(namespace: str, retrain: RetrainConfig, checksum: str) -> k
         startup_probe=k8s.V1Probe(http_get=probe, period_seconds=2, failure_threshold=30),
         readiness_probe=k8s.V1Probe(http_get=probe, period_seconds=10, failure_threshold=3),
         liveness_probe=k8s.V1Probe(http_get=probe, period_seconds=20, failure_threshold=3, timeout_seconds=5),
-        security_context=k8s.V1SecurityContext(
-            run_as_non_root=True,
-            run_as_user=RUN_AS_USER,
-            run_as_group=RUN_AS_USER,
-            read_only_root_filesystem=True,
-            allow_privilege_escalation=False,
-            capabilities=k8s.V1Capabilities(drop=["ALL"]),
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
+        security_context=restricted_container_security(seccomp_profile=True),
         volume_mounts=[
             k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
             k8s.V1VolumeMount(name="config", mount_path=CONFIG_DIR, read_only=True),
@@ -445,13 +443,7 @@ def build_deployment(namespace: str, retrain: RetrainConfig, checksum: str) -> k
         containers=[container],
         volumes=volumes,
         node_selector={"kubernetes.io/os": "linux"},
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=RUN_AS_USER,
-            run_as_group=RUN_AS_USER,
-            fs_group=RUN_AS_USER,  # the projected token stays readable for the non-root user
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
+        security_context=restricted_pod_security(),  # fs_group: the projected token stays readable
     )
     return k8s.V1Deployment(
         api_version="apps/v1",
