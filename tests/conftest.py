@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import torch
 
@@ -85,6 +89,32 @@ def minio_server(tmp_path: Path, minio_binary: Path) -> Iterator[LocalMinio]:
         yield server
     finally:
         server.stop()
+
+
+def wait_until_ok(
+    proc: subprocess.Popen[Any],
+    url: str,
+    what: str,
+    timeout_s: float,
+    log: Path | None = None,
+    interval_s: float = 0.2,
+    request_timeout_s: float = 1.0,
+) -> None:
+    """Poll `url` until it answers 200; fail the test if `proc` exits first (with its output: the `log`
+    file's tail, else its stdout pipe) or `timeout_s` passes (with the log's tail, if there is one)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            output = log.read_text()[-3000:] if log is not None else (proc.stdout.read() if proc.stdout else "")
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{output}")
+        try:
+            if httpx.get(url, timeout=request_timeout_s).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not ready after {timeout_s:.0f}s" + (f":\n{log.read_text()[-3000:]}" if log else ""))
+        time.sleep(interval_s)
 
 
 def make_model_dir(path: Path, seed: int = 0, export_program: bool = False) -> Path:

@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from pipelines.compile import COMPILED
 from pipelines.submit import PipelinePackage, validate_parameters
 from serving.monitoring.alerts import AlertConfig, alert_rules
 from tests import crd_schema
+from tests.conftest import wait_until_ok
 from tests.manifests.test_kustomize import K8S_GROUPS, K8S_VERSIONS, PART_OF, build, by_kind, kustomize, one
 from tests.pipelines.kfp_fake import FakeKfp
 from tests.test_no_secrets import find_secrets
@@ -525,16 +525,7 @@ def test_the_deployment_command_starts_a_kfp_run(built: Docs, tmp_path: Path) ->
         proc = subprocess.Popen([*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                try:
-                    if httpx.get(url + rm.HEALTH_PATH, timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "tsr retrain-webhook did not come up"
-                time.sleep(0.2)
+            wait_until_ok(proc, url + rm.HEALTH_PATH, "tsr retrain-webhook", 60)
             alert = {"status": "firing", "labels": {"alertname": sorted(retrain_alert_names())[0]}}
             answer = httpx.post(url + rm.ALERTS_PATH, json={"version": "4", "alerts": [alert]}, timeout=60)
             assert answer.status_code == 200 and answer.json()["outcome"] == "started", answer.text

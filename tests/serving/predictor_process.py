@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-import pytest
-
+from tests.conftest import wait_until_ok
 from tsr.config import REPO_ROOT
 from tsr.processes import stop_child
 
@@ -37,18 +34,7 @@ def predictor_process(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v2/models/{name}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 180s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_ok(proc, f"{url}/v2/models/{name}/ready", "server", 180, log, interval_s=0.5, request_timeout_s=2)
         yield url, proc
     finally:
         stop_child(proc)

@@ -15,6 +15,7 @@ import uvicorn
 from kfp.client import Client
 
 from pipelines.submit import KfpTarget
+from tests.conftest import wait_until_ok
 from tests.pipelines.kfp_fake import API, FakeKfp
 from tsr.local_minio import free_port
 from tsr.retrain import (
@@ -198,16 +199,7 @@ def test_cli_receiver_starts_a_kfp_run_from_a_params_file(tmp_path: Path) -> Non
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "tsr retrain-webhook did not come up"
-                time.sleep(0.2)
+            wait_until_ok(proc, f"{url}/healthz", "tsr retrain-webhook", 60)
             answer = httpx.post(f"{url}/alerts", json=payload(("TSRLowConfidence", "firing")), timeout=60).json()
             assert answer["outcome"] == "started" and answer["run"] in kfp.runs
             (run,) = [r.json() for r in kfp.requests if (r.method, r.path) == ("POST", f"{API}/runs")]
