@@ -123,18 +123,17 @@ typecheck: venv
 	$(VENV)/bin/mypy tsr components pipelines serving benchmarks
 
 monitoring: venv
-	$(PY) -m serving.monitoring
+	$(PY) -m tsr.kube.monitoring
 	cp manifests/monitoring/tsr-rules.yaml manifests/monitoring/grafana-dashboard.json helm/tsr-platform/files/
 
 # Regenerate manifests/inferenceservice.yaml and the kustomize base + overlays from the typed builders.
 manifests: venv
-	$(PY) -m components.deploy.deploy --write-manifests manifests/
-	$(PY) -m components.deploy.kustomize
+	$(PY) -m tsr.local.generate
 
 # The retrain receiver's ConfigMap (manifests/retrain/) carries the compiled pipeline, so it is rendered again too.
 compile: venv
 	$(PY) -m pipelines.compile --image $(COMPONENT_IMAGE)
-	$(PY) -m components.deploy.kustomize
+	$(PY) -m tsr.local.generate
 
 bench: venv $(TOOLS)/minio wrk
 	$(PY) -m benchmarks.suite

@@ -25,15 +25,15 @@ import httpx
 
 from benchmarks.serving_throughput import request_body, run_wrk
 from benchmarks.train_default import cpu_model
-from tsr.config import REPO_ROOT
-from tsr.processes import stop_child
+from tsr.core.config import REPO_ROOT
+from tsr.core.processes import stop_child
 
 
 def machine_info() -> dict[str, Any]:
     """What every row records: the numbers mean nothing without the CPU, cores, torch and backend behind them."""
     import torch
 
-    from tsr.backend import backend_report, summary
+    from tsr.core.backend import backend_report, summary
 
     report = backend_report()
     return {

@@ -1,7 +1,7 @@
 """The baseline for row 2 of `make bench`: a minimal FastAPI + uvicorn app serving the same model.
 
 `python -m benchmarks.plain_server --model DIR --port P [--threads N]`. Same model directory
-(`tsr.models.load_model_dir`), same decoding (`tsr.preprocessing.decode_image` / `image_to_uint8`) and
+(`tsr.core.models.load_model_dir`), same decoding (`tsr.core.preprocessing.decode_image` / `image_to_uint8`) and
 the same `to_model_input` path, the same V1 request and response shape as the KServe predictor
 (`{"instances": [{"b64": ...}]}` -> `{"predictions": [{class_id, class_name, probability, top_k}]}`),
 and nothing else: no batching, limits, metrics, drift or reload. What the predictor costs over this is
@@ -19,8 +19,8 @@ import torch
 import uvicorn
 from fastapi import Body, FastAPI, HTTPException
 
-from tsr.models import load_model_dir
-from tsr.preprocessing import ImageDecodeError, decode_image, image_to_uint8, to_model_input
+from tsr.core.models import load_model_dir
+from tsr.core.preprocessing import ImageDecodeError, decode_image, image_to_uint8, to_model_input
 
 TOP_K = 3
 
@@ -66,7 +66,7 @@ def create_app(model_dir: Path, model_name: str = "gtsrb-classifier") -> FastAPI
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True, help="a model directory (tsr.models format)")
+    parser.add_argument("--model", type=Path, required=True, help="a model directory (tsr.core.models format)")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--model-name", default="gtsrb-classifier")

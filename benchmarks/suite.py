@@ -39,12 +39,13 @@ from benchmarks.harness import Load, drive, interleaved_p50_ms, machine_info, se
 from benchmarks.report import Row, markdown_table, write_json, write_markdown, write_plot
 from benchmarks.serving_throughput import MODEL_NAME, mean_forward_batch
 from benchmarks.serving_throughput import write_model as write_untrained_model
-from components.ingest.ingest import IngestConfig, Split, ingest, load_split, read_data_card
+from components.ingest.ingest import IngestConfig, ingest
 from components.train.train import TrainConfig, train
-from tsr.config import REPO_ROOT
-from tsr.local_minio import free_port
-from tsr.models import ModelConfig, build_model, save_model_dir
-from tsr.preprocessing import PreprocessConfig, to_model_input
+from tsr.core.config import REPO_ROOT
+from tsr.core.dataset import Split, load_split, read_data_card
+from tsr.core.models import ModelConfig, build_model, save_model_dir
+from tsr.core.preprocessing import PreprocessConfig, to_model_input
+from tsr.core.processes import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OPTIMIZE_MODULE = "components.optimize.optimize"
@@ -147,7 +148,7 @@ def prepare_model(cfg: SuiteConfig, tmp: Path) -> Trained:
     """Ingest GTSRB (by-track split), train tsrnet briefly on a track subset, save it as a model directory."""
     from rich.console import Console
 
-    from tsr.demo import find_data
+    from tsr.local.demo import find_data
 
     source, download = find_data(cfg.data_dir, Console(stderr=True))
     data = tmp / "dataset"
@@ -470,8 +471,8 @@ def pipeline_row(cfg: SuiteConfig, tmp: Path) -> Row:
     from rich.console import Console
 
     from pipelines.local_run import run_local
-    from tsr.demo import find_data
-    from tsr.local_minio import LocalMinio, find_minio_binary
+    from tsr.local.demo import find_data
+    from tsr.local.minio_server import LocalMinio, find_minio_binary
 
     title = "local pipeline (kfp.local, real MinIO) overhead: (wall − Σ step compute) / wall"
     binary = find_minio_binary()

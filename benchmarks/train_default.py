@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 
 from components.evaluate.evaluate import evaluate_model
-from components.ingest.ingest import IngestConfig, ingest, load_split, read_data_card, read_source
+from components.ingest.ingest import IngestConfig, ingest
 from components.train.train import TrainConfig, train
-from tsr.demo import find_data
+from tsr.core.dataset import load_split, read_data_card
+from tsr.core.sources import read_source
+from tsr.local.demo import find_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from kfp import local
 
 from pipelines.training_pipeline import Placement, build_pipeline
-from tsr.config import StoreConfig
+from tsr.core.config import StoreConfig
 
 
 @dataclass
@@ -53,7 +53,7 @@ class PipelineRunError(RuntimeError):
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# The last line of a Python traceback: "tsr.store.StoreError: upload s3://... failed: ...".
+# The last line of a Python traceback: "tsr.core.store.StoreError: upload s3://... failed: ...".
 _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
 
 
@@ -100,13 +100,13 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def check_local_params(params: Mapping[str, Any]) -> None:
     """Fail fast, before any step runs: the checks each step's config makes, plus the local paths.
 
-    Raises `tsr.validation.InvalidParameter` naming the pipeline parameter. Gate thresholds are
+    Raises `tsr.core.validation.InvalidParameter` naming the pipeline parameter. Gate thresholds are
     the evaluate step's business (a min_accuracy above 1 is a gate that never passes, on purpose).
     """
     from components.deploy.deploy import MODES
     from components.ingest.ingest import IngestConfig
     from components.train.train import TrainConfig
-    from tsr.validation import check_choice, check_data_source, check_registry_name
+    from tsr.core.validation import check_choice, check_data_source, check_registry_name
 
     source = str(params.get("data_source") or "")
     check_data_source("data_source", source, must_exist=not params.get("download", False))

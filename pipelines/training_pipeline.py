@@ -22,16 +22,11 @@ from components.ingest.component import ingest_component
 from components.optimize.component import optimize_component
 from components.register.component import register_component
 from components.train.component import train_component
+from tsr.kube.inference_service import PIPELINE_S3_SECRET as S3_SECRET
+from tsr.kube.inference_service import PIPELINE_S3_SECRET_ENV as S3_SECRET_ENV
 
 PIPELINE_NAME = "tsr-training"
 # The Kubernetes Secret whose keys become the store's environment variables in each step.
-S3_SECRET = "tsr-s3-credentials"
-S3_SECRET_ENV = {
-    "endpoint": "TSR_S3_ENDPOINT",
-    "accesskey": "TSR_S3_ACCESS_KEY",
-    "secretkey": "TSR_S3_SECRET_KEY",
-    "secure": "TSR_S3_SECURE",
-}
 # Well-known node labels (set by the kubelet on every node).
 OS_LABEL = "kubernetes.io/os"
 ARCH_LABEL = "kubernetes.io/arch"

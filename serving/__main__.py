@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # Checked here so a bad value is a usage error (exit 2) naming the flag, before anything starts.
     from serving.feedback import feedback_config
-    from tsr.validation import InvalidParameter
+    from tsr.core.validation import InvalidParameter
 
     try:
         args.feedback = feedback_config(
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported late so a bad flag is reported before torch and the model are loaded.
     from serving.server import ServeConfig, serve
-    from tsr.local_minio import store_session
-    from tsr.registry import RegistryError, parse_model_spec
-    from tsr.store import StoreError
+    from tsr.core.config import explicit_store_config
+    from tsr.core.registry import RegistryError, parse_model_spec
+    from tsr.core.store import StoreError
 
     cfg = ServeConfig(
         model=args.model,
@@ -91,11 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg.cache_dir = args.cache_dir
     try:
         spec = parse_model_spec(args.model, args.model_name)
+        store = None
         if spec.needs_store or cfg.feedback is not None:  # feedback goes to the registry's store
-            with store_session() as store:
-                serve(cfg, store)
-        else:
-            serve(cfg, None)
+            # The process entry point of the image: the store comes from the environment (or TSR_CONFIG).
+            # Starting the embedded MinIO is the local tooling's job (`tsr serve`), not the predictor's.
+            store = explicit_store_config()
+            if store is None:
+                raise ValueError(
+                    f"--model {args.model} needs an object store: set TSR_S3_ENDPOINT/TSR_S3_ACCESS_KEY/"
+                    "TSR_S3_SECRET_KEY (or TSR_STORE_DIR), or run `tsr serve`, which starts the embedded MinIO"
+                )
+        serve(cfg, store)
     except (ValueError, FileNotFoundError, RegistryError, StoreError) as exc:
         # A missing, unreadable or tampered model: one line and exit code 2, not a traceback.
         print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Request payloads (KServe V1 JSON, V2 InferRequest) -> one uint8 (N, 3, S, S) batch.
 
 Every image, whatever it arrived as, ends up as uint8 at the model's size through
-`tsr.preprocessing`, so the predictor has exactly one path into the model. Client mistakes
+`tsr.core.preprocessing`, so the predictor has exactly one path into the model. Client mistakes
 raise `InvalidInput` (HTTP 400) naming the instance, the field and the limit, because a
 bare "bad request" is useless to whoever has to fix the client.
 """
@@ -21,7 +21,7 @@ import torch
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from tsr.preprocessing import (
+from tsr.core.preprocessing import (
     ImageDecodeError,
     decode_image,
     float_chw_to_uint8,

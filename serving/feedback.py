@@ -13,7 +13,7 @@ layout `imagefolder`):
     <prefix>/<model-version>/<class_id:05d>/<UTC time>-<uuid>.json   prediction, probability, version, time
 
 The PNG is the uint8 image at the model's input size after the shared decode and resize, before
-equalization and standardization, so reading it back with `tsr.preprocessing` gives exactly the
+equalization and standardization, so reading it back with `tsr.core.preprocessing` gives exactly the
 pixels the model was fed. The class folder is the model's own prediction (a pseudo-label), not
 ground truth. Retention is a bucket lifecycle rule (expire after `retention_days`) on the prefix,
 set when the first sample is stored.
@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from serving.monitoring.metrics import FEEDBACK_DROP_REASONS, PredictorMetrics
-from tsr.config import StoreConfig
-from tsr.store import ObjectStore, S3Store, open_store
-from tsr.validation import InvalidParameter, check_range, check_s3_uri
+from tsr.core.config import StoreConfig
+from tsr.core.store import ObjectStore, S3Store, open_store
+from tsr.core.validation import InvalidParameter, check_range, check_s3_uri
 
 if TYPE_CHECKING:
     import torch

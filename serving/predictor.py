@@ -35,12 +35,12 @@ from serving.codec import CodecLimits, Rejected, decode_raw_image, decode_v1, de
 from serving.feedback import FeedbackConfig, FeedbackLogger
 from serving.guard import note_rejection
 from serving.monitoring.metrics import CHANNELS, PredictorMetrics, default_metrics
-from tsr.config import StoreConfig, state_dir
-from tsr.drift import DriftMonitor, InputReference
-from tsr.models import ModelConfig, load_model_dir
-from tsr.preprocessing import resize_uint8, to_model_input
-from tsr.registry import Registry, materialize, parse_model_spec
-from tsr.store import StoreError
+from tsr.core.config import StoreConfig, state_dir
+from tsr.core.drift import DriftMonitor, InputReference
+from tsr.core.models import ModelConfig, load_model_dir
+from tsr.core.preprocessing import resize_uint8, to_model_input
+from tsr.core.registry import Registry, materialize, parse_model_spec
+from tsr.core.store import StoreError
 
 log = logging.getLogger(__name__)
 

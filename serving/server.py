@@ -37,8 +37,8 @@ from serving.feedback import FeedbackConfig
 from serving.guard import RequestGuard, validation_error_handler
 from serving.monitoring.metrics import PredictorMetrics, default_metrics
 from serving.predictor import ModelSource, PredictorOptions, TSRPredictor, default_cache_dir
-from tsr.config import StoreConfig
-from tsr.registry import DEFAULT_MODEL_NAME
+from tsr.core.config import StoreConfig
+from tsr.core.registry import DEFAULT_MODEL_NAME
 
 # kserve's default gRPC port, used only when gRPC is switched on without a port.
 _UNUSED_GRPC_PORT = 8081

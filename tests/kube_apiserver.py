@@ -30,8 +30,8 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from tests.crd_schema import CRD_DIR, CRD_FILES, read_crd_file
-from tsr.config import REPO_ROOT
-from tsr.processes import stop_child
+from tsr.core.config import REPO_ROOT
+from tsr.core.processes import stop_child
 
 BINARY = REPO_ROOT / ".tools" / "bin" / "kube-crd-apiserver"
 SOURCE = REPO_ROOT / ".ci" / "kube-crd-apiserver"

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.deploy.deploy import DEFAULT_PREDICTOR_IMAGE
 from components.factory import DEFAULT_COMPONENT_IMAGE
-from tsr.config import REPO_ROOT
+from tsr.core.config import REPO_ROOT
+from tsr.kube.inference_service import DEFAULT_PREDICTOR_IMAGE
 
 COMPONENTS_DOCKERFILE = REPO_ROOT / "components" / "Dockerfile"
 SERVING_DOCKERFILE = REPO_ROOT / "serving" / "Dockerfile"
@@ -194,7 +194,9 @@ def test_final_stage_is_the_venv_only_and_non_root(path: Path) -> None:
     assert env["PATH"].startswith("/opt/venv/bin:"), "`python`/`python3` must be the venv's"
     assert env["HOME"].startswith("/"), "HOME must be set (to a writable directory)"
     assert final.all("WORKDIR")
-    assert any(run.strip() == "python -m tsr.backend" for run in final.all("RUN")), "backend report in the build log"
+    assert any(run.strip() == "python -m tsr.core.backend" for run in final.all("RUN")), (
+        "backend report in the build log"
+    )
 
 
 @pytest.mark.parametrize("path", DOCKERFILES.values(), ids=DOCKERFILES.keys())

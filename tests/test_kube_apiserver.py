@@ -18,8 +18,9 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from components.deploy.deploy import InferenceServiceSpec, build_inference_service, to_manifest_dict
 from tests.kube_apiserver import ISVC_CRD, KubeApiServer, kube_apiserver, start_kube_apiserver
+from tsr.kube.inference_service import InferenceServiceSpec, build_inference_service
+from tsr.kube.render import to_manifest_dict
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 NAMESPACE = "tsr"

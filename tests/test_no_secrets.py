@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tsr.config import REPO_ROOT, state_dir
-from tsr.local_minio import LocalMinio
+from tsr.core.config import REPO_ROOT, state_dir
+from tsr.local.minio_server import LocalMinio
 
 # Key names that hold credentials, assigned a literal value in YAML/JSON/TOML/Python/env syntax.
 ASSIGNMENT = re.compile(

@@ -25,13 +25,13 @@ import yaml
 from kfp import Client
 from typer.testing import CliRunner
 
-from components.deploy.deploy import isvc_name
 from tests.helm.test_chart import helm
 from tests.pipelines.kfp_fake import API, FakeKfp
 from tsr.cli import app
-from tsr.config import REPO_ROOT, StoreConfig
-from tsr.registry import DEFAULT_MODEL_NAME
-from tsr.store import open_store
+from tsr.core.config import REPO_ROOT, StoreConfig
+from tsr.core.registry import DEFAULT_MODEL_NAME
+from tsr.core.store import open_store
+from tsr.kube.inference_service import isvc_name
 
 README = REPO_ROOT / "README.md"
 VERSION = "20261123-140501-3fa2c1"

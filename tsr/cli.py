@@ -18,9 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from tsr import ui
-from tsr.config import ConfigError, state_dir
-from tsr.registry import (
+from tsr.core.config import ConfigError, state_dir
+from tsr.core.registry import (
     CHAMPION,
     DEFAULT_MODEL_NAME,
     ModelSpec,
@@ -29,7 +28,7 @@ from tsr.registry import (
     materialize,
     parse_model_spec,
 )
-from tsr.validation import (
+from tsr.core.validation import (
     InvalidParameter,
     check_data_source,
     check_existing_dir,
@@ -38,6 +37,7 @@ from tsr.validation import (
     check_registry_name,
     check_s3_uri,
 )
+from tsr.local import ui
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -162,7 +162,7 @@ def _registry_ref(param: str, ref: str) -> None:
 
 
 def _store_session() -> Any:
-    from tsr.local_minio import store_session
+    from tsr.local.minio_server import store_session
 
     return store_session()
 
@@ -178,7 +178,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress ba
 
 
 def _activity(as_json: bool = False, quiet: bool = False) -> ui.Activity:
-    """Progress on stderr for a person at a terminal; none in a pipe or with --json/--quiet (tsr.ui)."""
+    """Progress on stderr for a person at a terminal; none in a pipe or with --json/--quiet (tsr.local.ui)."""
     return ui.Activity(err, ui.progress_enabled(err, quiet=quiet, as_json=as_json))
 
 
@@ -200,8 +200,8 @@ def _pipeline_output(activity: ui.Activity, echo: bool) -> Iterator[tuple[ui.Pip
 @cli_errors()
 def store_start() -> None:
     """Start the embedded MinIO (if no store is configured) and print its environment variables."""
-    from tsr.config import explicit_store_config
-    from tsr.local_minio import local_minio
+    from tsr.core.config import explicit_store_config
+    from tsr.local.minio_server import local_minio
 
     explicit = explicit_store_config()
     if explicit is not None:
@@ -224,7 +224,7 @@ def store_upload(
     quiet: QuietOption = False,
 ) -> None:
     """Upload a dataset to the store, keeping relative paths: the data_source of a cluster run."""
-    from tsr.upload import check_upload_args, upload_tree
+    from tsr.local.upload import check_upload_args, upload_tree
 
     check_upload_args(source, dest, workers)
     with _store_session() as store, _activity(as_json, quiet) as activity:
@@ -241,7 +241,7 @@ def store_upload(
 @cli_errors()
 def store_stop() -> None:
     """Stop the embedded MinIO."""
-    from tsr.local_minio import local_minio
+    from tsr.local.minio_server import local_minio
 
     local_minio().stop()
     err.print("embedded MinIO stopped")
@@ -251,7 +251,7 @@ def store_stop() -> None:
 @cli_errors()
 def prometheus_stop() -> None:
     """Stop the Prometheus that `tsr demo` left running (state in <state>/prometheus)."""
-    from tsr.local_prometheus import stop_recorded
+    from tsr.local.prometheus_server import stop_recorded
 
     stopped = stop_recorded(state_dir() / "prometheus")
     err.print("local Prometheus stopped" if stopped else "no local Prometheus was running")
@@ -282,9 +282,10 @@ def ingest(
     or with --json one object: the data card's totals plus out, source, layout, num_classes,
     skipped and fingerprint (sha256 of every image file).
     """
-    from components.ingest.ingest import OUTPUT_FILES, IngestConfig
+    from components.ingest.ingest import IngestConfig
     from components.ingest.ingest import ingest as run_ingest
-    from tsr.validation import check_output_dir
+    from tsr.core.dataset import OUTPUT_FILES
+    from tsr.core.validation import check_output_dir
 
     config = IngestConfig(
         source,
@@ -354,9 +355,10 @@ def evaluate(
     The JSON line is the default (scripts rely on it); --table shows the same numbers as a table.
     """
     from components.evaluate.evaluate import evaluate_model
-    from components.ingest.ingest import DataError, read_source
-    from tsr.models import load_model_dir
-    from tsr.store import StoreError
+    from tsr.core.dataset import DataError
+    from tsr.core.models import load_model_dir
+    from tsr.core.sources import read_source
+    from tsr.core.store import StoreError
 
     spec = _model_spec("model", model, model_name)
     check_data_source("data", data, must_exist=True)
@@ -481,7 +483,7 @@ def serve(
 @cli_errors()
 def backend() -> None:
     """Print which CPU backends torch uses here (oneDNN, ACL on arm64, BLAS, threads) as JSON."""
-    from tsr.backend import main as backend_main
+    from tsr.core.backend import main as backend_main
 
     backend_main()
 
@@ -798,8 +800,8 @@ def deploy_cmd(
     kube_config: KubeConfigArg = "",
 ) -> None:
     """Create or patch the InferenceService, wait for Ready, roll back to the previous version on failure."""
-    from components.deploy.deploy import DEFAULT_PREDICTOR_IMAGE
-    from components.deploy.rollout import deploy_command
+    from tsr.kube.inference_service import DEFAULT_PREDICTOR_IMAGE
+    from tsr.kube.rollout import deploy_command
 
     _registry_ref("model", model)
     check_registry_name("model_name", model_name)
@@ -838,7 +840,7 @@ def promote(
     kube_config: KubeConfigArg = "",
 ) -> None:
     """Knative canary -> 100 % of the traffic (Standard mode has no canary: says so, changes nothing)."""
-    from components.deploy.rollout import promote_command
+    from tsr.kube.rollout import promote_command
 
     check_registry_name("model_name", model_name)
     check_range("timeout", timeout, low=0.0, low_open=True)
@@ -858,7 +860,7 @@ def rollback(
     kube_config: KubeConfigArg = "",
 ) -> None:
     """Serve the previous (or a given) model version again, optionally moving the champion alias back."""
-    from components.deploy.rollout import rollback_command
+    from tsr.kube.rollout import rollback_command
 
     check_registry_name("model_name", model_name)
     if to_version:
@@ -986,7 +988,7 @@ def predict(
     --json prints one object: url, model, protocol, model_version (V2) and predictions, one per
     file: file, class_id, class_name, probability and top_k (a list of the same three fields).
     """
-    from tsr.predict_client import PredictError, predict_files
+    from tsr.local.predict_client import PredictError, predict_files
 
     _check_http_url("url", url)
     check_registry_name("model", model)
@@ -1048,7 +1050,7 @@ def demo(
     file in the state dir (and to stderr when no progress is drawn). Exits 3 (not 0) when the run
     completes but the gate refuses the model.
     """
-    from tsr.demo import DemoConfig, run_demo
+    from tsr.local.demo import DemoConfig, run_demo
 
     if data_dir is not None:
         check_existing_dir("data_dir", data_dir)
@@ -1060,7 +1062,7 @@ def demo(
         batch_size=batch_size,
         requests=requests,
     )
-    from tsr.demo import print_summary
+    from tsr.local.demo import print_summary
 
     with (
         _activity(as_json, quiet) as activity,
@@ -1107,8 +1109,8 @@ def retrain_webhook(
     """
     import uvicorn
 
+    from pipelines.retrain import DEFAULT_ALERTS, KfpTrigger, RetrainController, RetrainPolicy, create_app
     from pipelines.submit import ParameterError, PipelinePackage, validate_parameters
-    from tsr.retrain import DEFAULT_ALERTS, KfpTrigger, RetrainController, RetrainPolicy, create_app
 
     target, params = _kfp_request(kfp_host, namespace, token_env, param, package, "", False, kfp_in_cluster, False)
     if params_file is not None:
@@ -1146,7 +1148,7 @@ def loop(
     the retrain webhook receiver, which runs the pipeline; a model that passes the gate becomes champion
     and the running predictor reloads it. Exits 3 when the cycle completes without a promotion.
     """
-    from tsr.loop import LoopConfig, run_loop
+    from tsr.local.loop import LoopConfig, run_loop
 
     if not once:
         raise InvalidParameter("once", "only --once is supported locally; on a cluster Alertmanager drives the loop")

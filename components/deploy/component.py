@@ -35,7 +35,7 @@ def deploy_component(
     from pathlib import Path
 
     from components.deploy.deploy import deploy, pipeline_serving_options
-    from tsr.config import explicit_store_config, state_dir
+    from tsr.core.config import explicit_store_config, state_dir
 
     options = pipeline_serving_options(
         min_replicas=min_replicas,

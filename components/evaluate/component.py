@@ -28,7 +28,7 @@ def evaluate_component(
 
     from components.evaluate.evaluate import GateConfig, run_evaluation
     from components.evaluate.report import champion_delta, render_report, render_summary
-    from tsr.config import explicit_store_config
+    from tsr.core.config import explicit_store_config
 
     result = run_evaluation(
         model.path,

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from components.ingest.ingest import Split
-from tsr.preprocessing import PreprocessConfig, to_model_input
+from tsr.core.dataset import Split
+from tsr.core.preprocessing import PreprocessConfig, to_model_input
 
 # Report material, gathered alongside the evaluation: cheap enough for every run.
 LATENCY_SAMPLES = 200  # single-image passes timed for the latency histogram
@@ -269,8 +269,8 @@ def champion_metrics_on(
 
     (None, uri) when the champion has another class set; (None, None) when there is none or no store.
     """
-    from tsr.models import load_model_dir
-    from tsr.registry import CHAMPION, Registry, RegistryError
+    from tsr.core.models import load_model_dir
+    from tsr.core.registry import CHAMPION, Registry, RegistryError
 
     if store is None:
         return None, None
@@ -307,8 +307,9 @@ def run_evaluation(
     run report needs: latency samples, misclassified images, the data card and the training history."""
     import tempfile
 
-    from components.ingest.ingest import CARD_FILE, VAL_FILE, load_split, read_data_card, read_source
-    from tsr.models import load_model_dir
+    from tsr.core.dataset import CARD_FILE, VAL_FILE, load_split, read_data_card
+    from tsr.core.models import load_model_dir
+    from tsr.core.sources import read_source
 
     model_dir, dataset_dir = Path(model_dir), Path(dataset_dir)
     model, config = load_model_dir(model_dir)

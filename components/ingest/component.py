@@ -19,7 +19,7 @@ def ingest_component(
     from pathlib import Path
 
     from components.ingest.ingest import IngestConfig, ingest
-    from tsr.config import explicit_store_config
+    from tsr.core.config import explicit_store_config
 
     config = IngestConfig(
         source=source,

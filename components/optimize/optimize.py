@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tsr.models import VARIANT_FILES, load_model_dir, quiet_torchscript, save_variant_dir
-from tsr.preprocessing import PreprocessConfig, to_model_input
+from tsr.core.models import VARIANT_FILES, load_model_dir, quiet_torchscript, save_variant_dir
+from tsr.core.preprocessing import PreprocessConfig, to_model_input
 
 CALIBRATION_BATCH = 64
 # Traced with this batch size; nothing in the supported archs depends on it, so any batch works.
@@ -222,7 +222,7 @@ def run_optimize(
     and measure it against fp32; the report also lands in the directory (optimize.json) for the model card."""
     import json
 
-    from components.ingest.ingest import TRAIN_FILE, load_split
+    from tsr.core.dataset import TRAIN_FILE, load_split
 
     if calibration_images < 1:
         raise ValueError("calibration_images must be >= 1")

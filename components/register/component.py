@@ -18,9 +18,9 @@ def register_component(
     import json
     from pathlib import Path
 
-    from components.ingest.ingest import read_data_card
     from components.register.register import build_model_card, register
-    from tsr.config import explicit_store_config
+    from tsr.core.config import explicit_store_config
+    from tsr.core.dataset import read_data_card
 
     store = explicit_store_config()
     if store is None:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tsr.config import DEFAULT_BUCKET, StoreConfig
-from tsr.provenance import runtime_info
-from tsr.registry import CHAMPION, Registry
+from tsr.core.config import DEFAULT_BUCKET, StoreConfig
+from tsr.core.provenance import runtime_info
+from tsr.core.registry import CHAMPION, Registry
 
 
 @dataclass(frozen=True)

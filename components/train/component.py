@@ -18,8 +18,8 @@ def train_component(
     import json
     from pathlib import Path
 
-    from components.ingest.ingest import TRAIN_FILE, VAL_FILE, load_split, read_data_card
     from components.train.train import EpochLog, TrainConfig, train, write_model
+    from tsr.core.dataset import TRAIN_FILE, VAL_FILE, load_split, read_data_card
 
     # Parameters first: a bad one fails the step before the dataset is read.
     cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)

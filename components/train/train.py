@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.ingest.ingest import Split
-from tsr.drift import build_reference
-from tsr.models import DEFAULT_ARCH, ModelConfig, build_model, is_known_arch, save_model_dir
-from tsr.preprocessing import CONTRAST_MODES, PreprocessConfig, channel_stats, prepare, standardize
-from tsr.validation import InvalidParameter, check_choice, check_range
+from tsr.core.dataset import Split
+from tsr.core.drift import build_reference
+from tsr.core.models import DEFAULT_ARCH, ModelConfig, build_model, is_known_arch, save_model_dir
+from tsr.core.preprocessing import CONTRAST_MODES, PreprocessConfig, channel_stats, prepare, standardize
+from tsr.core.validation import InvalidParameter, check_choice, check_range
 
 
 @dataclass(frozen=True)

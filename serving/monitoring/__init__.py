@@ -1,2 +1,2 @@
-"""Monitoring of the predictor: runtime metrics and drift (here), alert rules, dashboard and
-scrape objects generated into `manifests/monitoring/` (`python -m serving.monitoring`)."""
+"""The predictor's runtime metrics (prometheus-client); the rules, dashboard and scrape objects that use
+them are in `tsr.kube.monitoring`."""

@@ -16,9 +16,9 @@ import torch
 from benchmarks.harness import server_process
 from benchmarks.report import Row, markdown_table, plot_value, read_json, write_json, write_markdown, write_plot
 from benchmarks.suite import SuiteConfig, first_tracks, ppm_body
-from components.ingest.ingest import Split
 from tests.conftest import make_model_dir
-from tsr.local_minio import free_port
+from tsr.core.dataset import Split
+from tsr.core.processes import free_port
 
 MACHINE = {"cpu": "Test CPU", "arch": "x86_64", "cores": 2, "torch": "2.x", "backend": "x86_64 torch test"}
 

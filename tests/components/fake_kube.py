@@ -27,7 +27,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from components.deploy import deploy as d
+from tsr.kube import render as render
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 
@@ -72,7 +72,7 @@ def drop_nulls(value: Any) -> Any:
 def assert_round_trips(body: dict[str, Any]) -> None:
     """The body, as the SDK model sees it, is the body: no unknown field, no wrong shape."""
     plain = drop_nulls({k: v for k, v in body.items() if k != "status"})
-    back = d.to_manifest_dict(d.from_manifest_dict(plain))
+    back = render.to_manifest_dict(render.from_manifest_dict(plain))
     assert back == plain, f"body does not round-trip through V1beta1InferenceService:\n{plain}\n!=\n{back}"
 
 

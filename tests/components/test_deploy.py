@@ -19,31 +19,35 @@ from kserve import V1beta1InferenceService
 from kubernetes.client.rest import ApiException
 
 from components.deploy import deploy as d
+from serving import process as sproc
 from tests.conftest import make_model_dir
-from tsr.config import REPO_ROOT, StoreConfig
+from tsr.core.config import REPO_ROOT, StoreConfig
+from tsr.kube import inference_service as isvcs
+from tsr.kube import render as render
+from tsr.local import generate as gen
 
 URI = "s3://models/gtsrb-classifier/20261123-140501-3fa2c1"
 
 
-def spec(**overrides: Any) -> d.InferenceServiceSpec:
+def spec(**overrides: Any) -> isvcs.InferenceServiceSpec:
     values: dict[str, Any] = {"name": "gtsrb-classifier", "namespace": "tsr", "storage_uri": URI, **overrides}
-    return d.InferenceServiceSpec(**values)
+    return isvcs.InferenceServiceSpec(**values)
 
 
 def manifest(**overrides: Any) -> dict[str, Any]:
-    return d.to_manifest_dict(d.build_inference_service(spec(**overrides)))
+    return render.to_manifest_dict(isvcs.build_inference_service(spec(**overrides)))
 
 
 # ---- the InferenceService --------------------------------------------------------------------------
 def test_round_trips_through_the_sdk_models() -> None:
-    isvc = d.build_inference_service(spec(canary_traffic_percent=10, deployment_mode="Knative"))
-    data = d.to_manifest_dict(isvc)
-    back = d.from_manifest_dict(data)
+    isvc = isvcs.build_inference_service(spec(canary_traffic_percent=10, deployment_mode="Knative"))
+    data = render.to_manifest_dict(isvc)
+    back = render.from_manifest_dict(data)
     assert isinstance(back, V1beta1InferenceService)
     assert back == isvc
-    assert d.to_manifest_dict(back) == data
+    assert render.to_manifest_dict(back) == data
     # and through YAML text, as kubectl would read it
-    assert d.from_manifest_dict(yaml.safe_load(d.render_yaml([isvc]))) == isvc
+    assert render.from_manifest_dict(yaml.safe_load(render.render_yaml([isvc]))) == isvc
 
 
 def test_required_fields_and_annotations() -> None:
@@ -59,7 +63,7 @@ def test_required_fields_and_annotations() -> None:
     assert "canaryTrafficPercent" not in predictor
     (container,) = predictor["containers"]
     assert container["name"] == "kserve-container"
-    assert container["image"] == d.DEFAULT_PREDICTOR_IMAGE
+    assert container["image"] == isvcs.DEFAULT_PREDICTOR_IMAGE
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["STORAGE_URI"] == URI
     args = container["args"]
@@ -131,43 +135,45 @@ def test_invalid_specs_are_refused(overrides: dict[str, Any], message: str) -> N
 
 
 def test_isvc_name_is_a_short_dns_label() -> None:
-    assert d.isvc_name("gtsrb-classifier") == "gtsrb-classifier"
-    assert d.isvc_name("gtsrb_v2.small") == "gtsrb-v2-small"
-    assert d.isvc_name("7up") == "m-7up"
-    assert len(d.isvc_name("a" * 63)) <= 47
+    assert isvcs.isvc_name("gtsrb-classifier") == "gtsrb-classifier"
+    assert isvcs.isvc_name("gtsrb_v2.small") == "gtsrb-v2-small"
+    assert isvcs.isvc_name("7up") == "m-7up"
+    assert len(isvcs.isvc_name("a" * 63)) <= 47
 
 
 # ---- the S3 Secret -----------------------------------------------------------------------------------
 def test_s3_secret_in_kserve_layout() -> None:
-    secret = d.build_s3_secret(
+    secret = isvcs.build_s3_secret(
         "tsr", "tsr-predictor-s3", "http://minio.tsr.svc:9000", False, "AKIA-TEST-ONLY", "not-a-real-secret"
     )
-    s = d.to_manifest_dict(secret)
+    s = render.to_manifest_dict(secret)
     assert (s["kind"], s["metadata"]["name"], s["metadata"]["namespace"]) == ("Secret", "tsr-predictor-s3", "tsr")
     assert s["metadata"]["annotations"] == {
         "serving.kserve.io/s3-endpoint": "minio.tsr.svc:9000",
         "serving.kserve.io/s3-usehttps": "0",
     }
     assert s["stringData"] == {"AWS_ACCESS_KEY_ID": "AKIA-TEST-ONLY", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
-    https = d.to_manifest_dict(d.build_s3_secret("tsr", "x", "minio.example.com", True, "a", "b", region="eu-west-1"))
+    https = render.to_manifest_dict(
+        isvcs.build_s3_secret("tsr", "x", "minio.example.com", True, "a", "b", region="eu-west-1")
+    )
     assert https["metadata"]["annotations"]["serving.kserve.io/s3-usehttps"] == "1"
     assert https["metadata"]["annotations"]["serving.kserve.io/s3-region"] == "eu-west-1"
     with pytest.raises(ValueError, match="required"):
-        d.build_s3_secret("tsr", "x", "minio:9000", False, "", "x")
+        isvcs.build_s3_secret("tsr", "x", "minio:9000", False, "", "x")
     with pytest.raises(ValueError, match="contradicts"):
-        d.build_s3_secret("tsr", "x", "https://minio:9000", False, "a", "b")
+        isvcs.build_s3_secret("tsr", "x", "https://minio:9000", False, "a", "b")
     with pytest.raises(ValueError, match="host"):
-        d.build_s3_secret("tsr", "x", "minio:9000/path", False, "a", "b")
+        isvcs.build_s3_secret("tsr", "x", "minio:9000/path", False, "a", "b")
 
 
 def test_service_account_references_the_secret() -> None:
-    secret, sa = d.build_s3_secret_and_service_account(
+    secret, sa = isvcs.build_s3_secret_and_service_account(
         "tsr", endpoint="minio:9000", use_https=False, access_key="a", secret_key="b"
     )
-    a = d.to_manifest_dict(sa)
+    a = render.to_manifest_dict(sa)
     assert a["kind"] == "ServiceAccount" and a["metadata"]["name"] == "tsr-predictor"
     assert a["secrets"] == [{"name": secret.metadata.name}]
-    assert d.to_manifest_dict(d.build_service_account("ml", "sa", "creds"))["secrets"] == [{"name": "creds"}]
+    assert render.to_manifest_dict(isvcs.build_service_account("ml", "sa", "creds"))["secrets"] == [{"name": "creds"}]
     assert "stringData" not in a and "data" not in a
 
 
@@ -186,33 +192,31 @@ def test_no_credentials_in_rendered_yaml(tmp_path: Path) -> None:
 
 # ---- YAML ---------------------------------------------------------------------------------------------
 def test_render_yaml_is_deterministic() -> None:
-    a = d.render_yaml([d.build_service_account("tsr"), d.build_inference_service(spec())], header="x")
-    b = d.render_yaml([d.build_service_account("tsr"), d.build_inference_service(spec())], header="x")
+    a = render.render_yaml([isvcs.build_service_account("tsr"), isvcs.build_inference_service(spec())], header="x")
+    b = render.render_yaml([isvcs.build_service_account("tsr"), isvcs.build_inference_service(spec())], header="x")
     assert a == b
     # annotation/selector insertion order must not leak into the text
-    one = d.render_yaml([d.build_inference_service(spec(node_selector={"a": "1", "b": "2"}))])
-    two = d.render_yaml([d.build_inference_service(spec(node_selector={"b": "2", "a": "1"}))])
+    one = render.render_yaml([isvcs.build_inference_service(spec(node_selector={"a": "1", "b": "2"}))])
+    two = render.render_yaml([isvcs.build_inference_service(spec(node_selector={"b": "2", "a": "1"}))])
     assert one == two
     docs = list(yaml.safe_load_all(a))
     assert [doc["kind"] for doc in docs] == ["ServiceAccount", "InferenceService"]
 
 
 def test_committed_manifests_equal_a_fresh_render(tmp_path: Path) -> None:
-    written = d.write_manifests(tmp_path)
-    committed = REPO_ROOT / "manifests" / d.MANIFEST_FILE
-    assert committed.is_file(), f"{committed} missing: run `python -m components.deploy.deploy`"
-    assert committed.read_bytes() == written.read_bytes(), (
-        f"{committed} is stale: run `python -m components.deploy.deploy`"
-    )
+    written = gen.write_manifests(tmp_path)
+    committed = REPO_ROOT / "manifests" / gen.MANIFEST_FILE
+    assert committed.is_file(), f"{committed} missing: run `python -m tsr.local.generate`"
+    assert committed.read_bytes() == written.read_bytes(), f"{committed} is stale: run `python -m tsr.local.generate`"
     sa, isvc = yaml.safe_load_all(committed.read_text())
     assert sa["kind"] == "ServiceAccount" and isvc["kind"] == "InferenceService"
     assert isvc["spec"]["predictor"]["serviceAccountName"] == sa["metadata"]["name"]
     env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
-    assert env["STORAGE_URI"] == f"s3://models/gtsrb-classifier/{d.PLACEHOLDER_VERSION}"
+    assert env["STORAGE_URI"] == f"s3://models/gtsrb-classifier/{isvcs.PLACEHOLDER_VERSION}"
     # the placeholder is the only thing a real deploy changes
-    real = d.write_manifests(tmp_path / "real", model_uri=URI).read_text()
+    real = gen.write_manifests(tmp_path / "real", model_uri=URI).read_text()
     body = "".join(line for line in real.splitlines(keepends=True) if not line.startswith("#"))
-    assert body.count(URI) == 1 and d.PLACEHOLDER_VERSION not in real
+    assert body.count(URI) == 1 and isvcs.PLACEHOLDER_VERSION not in real
 
 
 # ---- modes without a process ------------------------------------------------------------------------
@@ -238,7 +242,7 @@ def test_step_defaults_equal_the_spec_defaults() -> None:
 
     defaults = {k: v.default for k, v in inspect.signature(deploy_component).parameters.items()}
     base = spec()
-    assert defaults["predictor_image"] == d.DEFAULT_PREDICTOR_IMAGE == base.image
+    assert defaults["predictor_image"] == isvcs.DEFAULT_PREDICTOR_IMAGE == base.image
     assert defaults["service_account"] == base.service_account
     assert defaults["deployment_mode"] == base.deployment_mode
     assert defaults["canary_traffic_percent"] == -1 and base.canary_traffic_percent is None
@@ -340,7 +344,7 @@ def test_step_renders_the_serving_parameters_under_kfp_local(tmp_path: Path) -> 
     )
     doc = yaml.safe_load(Path(task.outputs["manifest"].path).read_text())
     assert task.outputs["Output"] == ""  # manifest mode serves nothing
-    assert d.to_manifest_dict(d.from_manifest_dict(doc)) == doc  # a valid kserve object
+    assert render.to_manifest_dict(render.from_manifest_dict(doc)) == doc  # a valid kserve object
     predictor = doc["spec"]["predictor"]
     assert doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
     assert (predictor["canaryTrafficPercent"], predictor["minReplicas"], predictor["maxReplicas"]) == (10, 0, 5)
@@ -365,9 +369,9 @@ def test_step_refuses_a_canary_in_standard_mode_under_kfp_local(
 def test_cluster_mode_without_a_cluster_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
-    with pytest.raises(d.DeployError, match="no Kubernetes cluster configured"):
+    with pytest.raises(isvcs.DeployError, match="no Kubernetes cluster configured"):
         d.deploy("cluster", URI, kube_config=str(tmp_path / "no-such-kubeconfig"))
-    with pytest.raises(d.DeployError, match="registry version"):
+    with pytest.raises(isvcs.DeployError, match="registry version"):
         d.deploy("cluster", str(tmp_path))
 
 
@@ -403,15 +407,15 @@ class FakeCustomObjects:
 
 
 def test_apply_creates_then_replaces() -> None:
-    isvc = d.build_inference_service(spec())
+    isvc = isvcs.build_inference_service(spec())
     api = FakeCustomObjects()
     assert d.apply_inference_service(isvc, api=api) == "created tsr/gtsrb-classifier"
-    assert api.calls[-1] == ("create", d.to_manifest_dict(isvc))
+    assert api.calls[-1] == ("create", render.to_manifest_dict(isvc))
     api = FakeCustomObjects(existing={"metadata": {"resourceVersion": "42"}}, conflicts=1)
     assert d.apply_inference_service(isvc, api=api) == "replaced tsr/gtsrb-classifier"
     kind, body = api.calls[-1]
     assert kind == "replace" and body["metadata"]["resourceVersion"] == "42"
-    assert body["spec"] == d.to_manifest_dict(isvc)["spec"]
+    assert body["spec"] == render.to_manifest_dict(isvc)["spec"]
     api = FakeCustomObjects()
     assert d.apply_inference_service(isvc, "staging", api=api) == "created staging/gtsrb-classifier"
     assert api.calls[-1][1]["metadata"]["namespace"] == "staging"
@@ -435,7 +439,7 @@ def test_wait_for_ready() -> None:
         "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "ImagePullBackOff"}]},
     }
     for obj in (stale, failing):
-        with pytest.raises(d.DeployError, match="not Ready"):
+        with pytest.raises(isvcs.DeployError, match="not Ready"):
             d.wait_for_inference_service("gtsrb-classifier", "tsr", FakeCustomObjects(obj), timeout_s=0, poll_s=0)
 
 
@@ -489,7 +493,7 @@ def state(tmp_path: Path) -> Iterator[Path]:
     try:
         yield state_dir
     finally:
-        d.stop_local_predictor(state_dir, timeout_s=2)
+        sproc.stop_local_predictor(state_dir, timeout_s=2)
 
 
 def _pid_running(pid: int) -> bool:
@@ -508,7 +512,7 @@ def test_local_start_read_stop(tmp_path: Path, state: Path, fake: list[str]) -> 
     result = d.deploy(
         "local", URI, "gtsrb-classifier", state_dir=state, store=store, command=fake, manifest_path=tmp_path / "m.yaml"
     )
-    info = d.read_local_predictor(state)
+    info = sproc.read_local_predictor(state)
     assert result.mode == "local" and result.endpoint == info["url"] == f"http://127.0.0.1:{info['port']}"
     assert {"pid", "port", "url", "model_uri", "log"} <= info.keys() and info["model_uri"] == URI
     assert "kind: InferenceService" in (tmp_path / "m.yaml").read_text()  # the artifact exists in local mode too
@@ -520,31 +524,31 @@ def test_local_start_read_stop(tmp_path: Path, state: Path, fake: list[str]) -> 
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     assert store.secret_key not in cmdline and store.access_key not in cmdline
     assert "endpoint from env: 127.0.0.1:9" in Path(info["log"]).read_text()
-    assert d.stop_local_predictor(state) is True
+    assert sproc.stop_local_predictor(state) is True
     assert not _pid_running(pid)
-    assert not (state / d.LOCAL_STATE_FILE).exists()
-    assert d.stop_local_predictor(state) is False  # idempotent, no error
-    with pytest.raises(d.DeployError, match="no local predictor"):
-        d.read_local_predictor(state)
+    assert not (state / sproc.LOCAL_STATE_FILE).exists()
+    assert sproc.stop_local_predictor(state) is False  # idempotent, no error
+    with pytest.raises(isvcs.DeployError, match="no local predictor"):
+        sproc.read_local_predictor(state)
 
 
 def test_local_start_replaces_a_running_predictor(state: Path, fake: list[str]) -> None:
-    first = d.start_local_predictor(URI, "gtsrb-classifier", state, command=fake)
-    second = d.start_local_predictor(URI, "gtsrb-classifier", state, command=fake)
+    first = sproc.start_local_predictor(URI, "gtsrb-classifier", state, command=fake)
+    second = sproc.start_local_predictor(URI, "gtsrb-classifier", state, command=fake)
     assert not _pid_running(int(first["pid"])) and _pid_running(int(second["pid"]))
-    assert d.read_local_predictor(state)["pid"] == second["pid"]
+    assert sproc.read_local_predictor(state)["pid"] == second["pid"]
 
 
 def test_local_early_exit_raises_with_the_log(tmp_path: Path, state: Path, fake: list[str]) -> None:
     with pytest.raises(RuntimeError, match=r"(?s)exited with code 2.*no such directory"):
-        d.start_local_predictor(str(tmp_path / "missing-model"), "gtsrb-classifier", state, command=fake)
-    assert not (state / d.LOCAL_STATE_FILE).exists()
+        sproc.start_local_predictor(str(tmp_path / "missing-model"), "gtsrb-classifier", state, command=fake)
+    assert not (state / sproc.LOCAL_STATE_FILE).exists()
 
 
 def test_local_timeout_stops_the_process(tmp_path: Path, state: Path, fake: list[str]) -> None:
-    with pytest.raises(d.DeployError, match="not ready within"):
-        d.start_local_predictor(str(tmp_path / "never-ready"), "gtsrb-classifier", state, timeout_s=1, command=fake)
-    assert not (state / d.LOCAL_STATE_FILE).exists()
+    with pytest.raises(isvcs.DeployError, match="not ready within"):
+        sproc.start_local_predictor(str(tmp_path / "never-ready"), "gtsrb-classifier", state, timeout_s=1, command=fake)
+    assert not (state / sproc.LOCAL_STATE_FILE).exists()
 
 
 def test_stop_falls_back_to_sigkill(state: Path, fake: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -563,12 +567,12 @@ def test_stop_falls_back_to_sigkill(state: Path, fake: list[str], monkeypatch: p
     while "ignoring SIGTERM" not in proc.stdout.readline():  # the handler is in place
         pass
     state.mkdir(parents=True)
-    (state / d.LOCAL_STATE_FILE).write_text(json.dumps({"pid": proc.pid, "start_time": None}))
-    assert d.stop_local_predictor(state, timeout_s=0.5) is True
+    (state / sproc.LOCAL_STATE_FILE).write_text(json.dumps({"pid": proc.pid, "start_time": None}))
+    assert sproc.stop_local_predictor(state, timeout_s=0.5) is True
     assert sent == [signal.SIGTERM, signal.SIGKILL]
     assert not _pid_running(proc.pid)  # stop_local_predictor reaped it (it is our child here)
     proc.stdout.close()
-    assert not (state / d.LOCAL_STATE_FILE).exists()
+    assert not (state / sproc.LOCAL_STATE_FILE).exists()
 
 
 def test_local_mode_needs_a_state_dir() -> None:
@@ -583,5 +587,5 @@ def test_local_mode_with_the_real_predictor(tmp_path: Path, state: Path) -> None
     result = d.deploy("local", str(model_dir), "gtsrb-classifier", state_dir=state, threads=1)
     with urllib.request.urlopen(f"{result.endpoint}/v2/models/gtsrb-classifier/ready", timeout=5) as resp:
         assert resp.status == 200
-    pid = int(d.read_local_predictor(state)["pid"])
-    assert d.stop_local_predictor(state) is True and not _pid_running(pid)
+    pid = int(sproc.read_local_predictor(state)["pid"])
+    assert sproc.stop_local_predictor(state) is True and not _pid_running(pid)

@@ -11,8 +11,8 @@ from components.evaluate.evaluate import GateConfig, compute_metrics, gate, run_
 from components.evaluate.report import render_report
 from components.ingest.ingest import IngestConfig, ingest
 from tests.conftest import make_model_dir
-from tsr.config import StoreConfig
-from tsr.registry import Registry
+from tsr.core.config import StoreConfig
+from tsr.core.registry import Registry
 
 
 def test_metrics_match_hand_computation() -> None:

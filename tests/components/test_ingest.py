@@ -9,22 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.ingest.ingest import (
-    CARD_FILE,
-    TRAIN_FILE,
-    VAL_FILE,
-    DataError,
-    IngestConfig,
-    ingest,
-    limit_groups,
-    list_source,
-    load_split,
-    read_source,
-    split_by_group,
-)
-from tsr.config import StoreConfig
-from tsr.drift import InputReference, build_reference
-from tsr.store import S3Store
+from components.ingest.ingest import IngestConfig, ingest
+from tsr.core.config import StoreConfig
+from tsr.core.dataset import CARD_FILE, TRAIN_FILE, VAL_FILE, DataError, load_split, split_by_group
+from tsr.core.drift import InputReference, build_reference
+from tsr.core.sources import limit_groups, list_source, read_source
+from tsr.core.store import S3Store
 
 
 def test_gtsrb_ingest_splits_by_track_and_writes_a_data_card(gtsrb_small: Path, tmp_path: Path) -> None:

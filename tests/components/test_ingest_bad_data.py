@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from components.ingest.ingest import CARD_FILE, TRAIN_FILE, VAL_FILE, DataError, IngestConfig, ingest
+from components.ingest.ingest import IngestConfig, ingest
 from components.train.train import TrainConfig
 from pipelines.local_run import check_local_params, run_local
-from tsr.config import StoreConfig
-from tsr.validation import InvalidParameter
+from tsr.core.config import StoreConfig
+from tsr.core.dataset import CARD_FILE, TRAIN_FILE, VAL_FILE, DataError
+from tsr.core.validation import InvalidParameter
 
 TRACKS = 2  # tracks per class kept in the damaged copies: enough for a train/val split, quick to read
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from components.ingest.ingest import TRAIN_FILE, VAL_FILE, IngestConfig, Split, ingest, load_split
+from components.ingest.ingest import IngestConfig, ingest
 from components.optimize.optimize import (
     compare_latency,
     export_frozen,
@@ -24,9 +24,10 @@ from components.optimize.optimize import (
 from components.train.train import TrainConfig, train, write_model
 from serving.monitoring.metrics import PredictorMetrics
 from serving.predictor import ModelSource, PredictorOptions, TSRPredictor
-from tsr import models
-from tsr.models import CONFIG_FILE, VARIANT_FILES, WEIGHTS_FILE, ModelConfig, load_model_dir, save_model_dir
-from tsr.preprocessing import to_model_input
+from tsr.core import models
+from tsr.core.dataset import TRAIN_FILE, VAL_FILE, Split, load_split
+from tsr.core.models import CONFIG_FILE, VARIANT_FILES, WEIGHTS_FILE, ModelConfig, load_model_dir, save_model_dir
+from tsr.core.preprocessing import to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,7 @@ def test_predictor_serves_an_int8_directory(
     body = {"instances": [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in paths]}
     response, _ = asyncio.run(predictor(body, headers={}))
     predictions = response["predictions"]
-    from tsr.preprocessing import load_image_file
+    from tsr.core.preprocessing import load_image_file
 
     loaded, config = load_model_dir(tmp_path / "int8")
     probs = torch.softmax(_logits(loaded, config, torch.stack([load_image_file(p, 32) for p in paths])), dim=1)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from components.register.register import build_model_card, register
-from tsr.config import StoreConfig
-from tsr.registry import Registry
+from tsr.core.config import StoreConfig
+from tsr.core.registry import Registry
 
 
 def test_register_publishes_a_complete_version_with_its_card(tiny_model_dir: Path, minio: StoreConfig) -> None:

@@ -15,11 +15,12 @@ from PIL import Image
 from components.evaluate import plots
 from components.evaluate.evaluate import GateConfig, run_evaluation
 from components.evaluate.report import SECTIONS, render_report, render_summary
-from components.ingest.ingest import TRAIN_FILE, VAL_FILE, IngestConfig, ingest, load_split, read_data_card
+from components.ingest.ingest import IngestConfig, ingest
 from components.train.train import TrainConfig, train, write_model
 from tests.conftest import make_model_dir
-from tsr.config import StoreConfig
-from tsr.registry import Registry
+from tsr.core.config import StoreConfig
+from tsr.core.dataset import TRAIN_FILE, VAL_FILE, load_split, read_data_card
+from tsr.core.registry import Registry
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURE = re.compile(r'<img class="fig" alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from components.deploy import deploy as d
-from components.deploy import rollout as r
 from tests.components.fake_kube import NEVER_READY, FakeKServe, assert_round_trips, failed
-from tsr.config import StoreConfig
-from tsr.registry import Registry
+from tsr.core.config import StoreConfig
+from tsr.core.registry import Registry
+from tsr.kube import inference_service as isvcs
+from tsr.kube import render as render
+from tsr.kube import rollout as r
 
 NAME, NS = "gtsrb-classifier", "tsr"
 V1 = "s3://models/gtsrb-classifier/20261101-120000-aaaaaa"
@@ -23,7 +25,7 @@ FAST: dict[str, Any] = {"timeout_s": 2.0, "poll_s": 0.0}
 
 def isvc(uri: str, **overrides: Any) -> Any:
     values: dict[str, Any] = {"name": NAME, "namespace": NS, "storage_uri": uri, **overrides}
-    return d.build_inference_service(d.InferenceServiceSpec(**values))
+    return isvcs.build_inference_service(isvcs.InferenceServiceSpec(**values))
 
 
 def predictor_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -45,9 +47,12 @@ def test_scaling_arch_and_tolerations_render_and_round_trip() -> None:
         scale_metric="concurrency",
         arch=("arm64", "amd64"),
         arch_placement="preferred",
-        tolerations=(d.parse_toleration("kubernetes.io/arch=arm64:NoSchedule"), d.parse_toleration("spot:NoExecute")),
+        tolerations=(
+            isvcs.parse_toleration("kubernetes.io/arch=arm64:NoSchedule"),
+            isvcs.parse_toleration("spot:NoExecute"),
+        ),
     )
-    data = d.to_manifest_dict(obj)
+    data = render.to_manifest_dict(obj)
     assert_round_trips(data)
     p = data["spec"]["predictor"]
     assert (p["minReplicas"], p["maxReplicas"], p["scaleTarget"], p["scaleMetric"]) == (0, 5, 8, "concurrency")
@@ -64,11 +69,13 @@ def test_scaling_arch_and_tolerations_render_and_round_trip() -> None:
         {"key": "kubernetes.io/arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"},
         {"key": "spot", "operator": "Exists", "effect": "NoExecute"},
     ]
-    required = d.to_manifest_dict(isvc(V1, arch="arm64", scale_metric="cpu", scale_target=70))["spec"]["predictor"]
+    required = render.to_manifest_dict(isvc(V1, arch="arm64", scale_metric="cpu", scale_target=70))["spec"]["predictor"]
     terms = required["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]
     assert (required["scaleMetric"], required["scaleTarget"]) == ("cpu", 70)
-    plain = d.to_manifest_dict(isvc(V1))["spec"]["predictor"]  # defaults add nothing: committed manifests unchanged
+    plain = render.to_manifest_dict(isvc(V1))["spec"][
+        "predictor"
+    ]  # defaults add nothing: committed manifests unchanged
     assert not {"affinity", "tolerations", "scaleTarget", "scaleMetric"} & plain.keys()
 
 
@@ -93,14 +100,14 @@ def test_invalid_scaling_and_placement_refused(overrides: dict[str, Any], messag
 
 
 def test_parse_toleration() -> None:
-    assert d.parse_toleration("dedicated=ml:NoSchedule") == {
+    assert isvcs.parse_toleration("dedicated=ml:NoSchedule") == {
         "key": "dedicated",
         "operator": "Equal",
         "value": "ml",
         "effect": "NoSchedule",
     }
-    assert d.parse_toleration("gpu") == {"key": "gpu", "operator": "Exists"}
-    assert d.parse_toleration(":NoExecute") == {"operator": "Exists", "effect": "NoExecute"}
+    assert isvcs.parse_toleration("gpu") == {"key": "gpu", "operator": "Exists"}
+    assert isvcs.parse_toleration(":NoExecute") == {"operator": "Exists", "effect": "NoExecute"}
 
 
 # ---- pure rollout helpers ------------------------------------------------------------------------------
@@ -228,7 +235,7 @@ def test_promote_in_standard_mode_is_a_no_op() -> None:
 def test_switching_deployment_mode_in_place_is_refused() -> None:
     api = FakeKServe()
     r.rollout_inference_service(isvc(V1), api=api, **FAST)
-    with pytest.raises(d.DeployError, match="cannot switch it to Knative"):
+    with pytest.raises(isvcs.DeployError, match="cannot switch it to Knative"):
         r.rollout_inference_service(isvc(V2, deployment_mode="Knative"), api=api, **FAST)
     assert r.storage_uri_of(predictor_of(api.live(NAME))) == V1
 
@@ -408,6 +415,6 @@ def test_apply_replace_keeps_kserves_finalizer_and_wait_checks_canary_traffic() 
     canary = isvc(V2, deployment_mode="Knative", canary_traffic_percent=30)
     assert d.apply_inference_service(canary, api=api) == f"replaced {NS}/{NAME}"
     assert api.live(NAME)["metadata"]["finalizers"] == ["inferenceservice.finalizers"]
-    with pytest.raises(d.DeployError, match="has 30% of traffic, expected 100%"):
+    with pytest.raises(isvcs.DeployError, match="has 30% of traffic, expected 100%"):
         d.wait_for_inference_service(NAME, NS, api, timeout_s=0.05, poll_s=0)
     assert d.wait_for_inference_service(NAME, NS, api, timeout_s=2, poll_s=0, canary_percent=30)

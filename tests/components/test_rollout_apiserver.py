@@ -25,9 +25,10 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from components.deploy import deploy as d
-from components.deploy import rollout as r
 from tests.kube_apiserver import ISVC_CRD, KubeApiServer, kube_apiserver
+from tsr.kube import inference_service as isvcs
+from tsr.kube import render as render
+from tsr.kube import rollout as r
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 NS = "tsr"
@@ -90,7 +91,9 @@ def api(server: KubeApiServer) -> Iterator[k8s.CustomObjectsApi]:
 
 
 def isvc(uri: str, name: str, **overrides: Any) -> Any:
-    return d.build_inference_service(d.InferenceServiceSpec(name=name, namespace=NS, storage_uri=uri, **overrides))
+    return isvcs.build_inference_service(
+        isvcs.InferenceServiceSpec(name=name, namespace=NS, storage_uri=uri, **overrides)
+    )
 
 
 def live(api: k8s.CustomObjectsApi, name: str) -> dict[str, Any]:
@@ -103,15 +106,17 @@ FAST: dict[str, Any] = {"timeout_s": 15.0, "poll_s": 0.1}
 
 def test_create_then_patch_removes_what_the_new_spec_leaves_out(api: k8s.CustomObjectsApi) -> None:
     first = r.rollout_inference_service(
-        isvc(V1, "placed", arch=("arm64",), tolerations=(d.parse_toleration("arch=arm64:NoSchedule"),)), api=api, **FAST
+        isvc(V1, "placed", arch=("arm64",), tolerations=(isvcs.parse_toleration("arch=arm64:NoSchedule"),)),
+        api=api,
+        **FAST,
     )
     assert first.action == "created" and first.endpoint == f"http://placed.{NS}.example.com"
     obj = live(api, "placed")
     assert obj["metadata"]["generation"] == 1
     assert obj["spec"]["predictor"]["tolerations"] and obj["spec"]["predictor"]["affinity"]
     # The stored spec is exactly what the project built: the real CRD pruned nothing.
-    built = d.to_manifest_dict(
-        isvc(V1, "placed", arch=("arm64",), tolerations=(d.parse_toleration("arch=arm64:NoSchedule"),))
+    built = render.to_manifest_dict(
+        isvc(V1, "placed", arch=("arm64",), tolerations=(isvcs.parse_toleration("arch=arm64:NoSchedule"),))
     )
     assert obj["spec"] == built["spec"]
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.ingest.ingest import TRAIN_FILE, VAL_FILE, IngestConfig, ingest, load_split
+from components.ingest.ingest import IngestConfig, ingest
 from components.train.train import TrainConfig, augment, train, write_model
-from tsr.drift import build_reference
-from tsr.models import PROGRAM_FILE, load_model_dir
-from tsr.preprocessing import to_model_input
+from tsr.core.dataset import TRAIN_FILE, VAL_FILE, load_split
+from tsr.core.drift import build_reference
+from tsr.core.models import PROGRAM_FILE, load_model_dir
+from tsr.core.preprocessing import to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_bad_training_parameters() -> None:
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=-1)
-    from tsr.models import build_model
+    from tsr.core.models import build_model
 
     with pytest.raises(ValueError, match="unknown architecture 'resnet9000'"):
         build_model("resnet9000", 43)

@@ -29,18 +29,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.deploy import kustomize as kz
-from components.deploy.deploy import (
+from pipelines.training_pipeline import S3_SECRET, S3_SECRET_ENV
+from tests import crd_schema
+from tsr.core.config import DATA_BUCKET, DEFAULT_BUCKET, REPO_ROOT
+from tsr.kube import kustomize as kz
+from tsr.kube.inference_service import (
     InferenceServiceSpec,
     build_inference_service,
     build_s3_secret,
     build_service_account,
-    from_manifest_dict,
-    to_manifest_dict,
 )
-from pipelines.training_pipeline import S3_SECRET, S3_SECRET_ENV
-from tests import crd_schema
-from tsr.config import DATA_BUCKET, DEFAULT_BUCKET, REPO_ROOT
+from tsr.kube.render import from_manifest_dict, to_manifest_dict
 
 CHART = REPO_ROOT / "helm" / "tsr-platform"
 HELM = REPO_ROOT / ".tools" / "bin" / "helm"
@@ -578,7 +577,7 @@ def test_credentials_only_in_secrets(case: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_rbac_is_namespaced_least_privilege(case: str) -> None:
     """One namespaced Role: the deploy verbs on inferenceservices, nothing else; the same identity and
-    rules as the kustomize base (components/deploy/kustomize.py), so both install paths agree."""
+    rules as the kustomize base (tsr/kube/kustomize.py), so both install paths agree."""
     kinds = {o["kind"] for o in rendered(case)}
     assert not {"ClusterRole", "ClusterRoleBinding"} & kinds
     role, binding = one(case, "Role"), one(case, "RoleBinding")

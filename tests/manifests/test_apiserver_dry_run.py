@@ -17,11 +17,11 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from components.deploy import kustomize as kz
 from tests.crd_schema import CRD_FILES, has_crd
 from tests.helm.test_chart import CASES, rendered
 from tests.kube_apiserver import kube_apiserver
 from tests.manifests.test_kustomize import build, copy_manifests
+from tsr.kube import kustomize as kz
 
 PLURALS = {
     "InferenceService": "inferenceservices",

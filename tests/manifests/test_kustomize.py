@@ -26,23 +26,22 @@ import yaml
 from kserve import V1beta1PredictorSpec
 from kubernetes import client as k8s
 
-from components.deploy import kustomize as kz
-from components.deploy.deploy import (
+from pipelines.training_pipeline import S3_SECRET as PIPELINE_S3_SECRET
+from pipelines.training_pipeline import S3_SECRET_ENV as PIPELINE_S3_SECRET_ENV
+from tests import crd_schema
+from tsr.core.config import REPO_ROOT
+from tsr.kube import kustomize as kz
+from tsr.kube.inference_service import (
     ANNOTATION_DEPLOYMENT_MODE,
     DEFAULT_NAMESPACE,
     DEFAULT_S3_SECRET,
-    MANIFEST_FILE,
     S3_ACCESS_KEY_ID,
     S3_SECRET_ACCESS_KEY,
     STORAGE_URI_ENV,
     build_inference_service,
-    from_manifest_dict,
-    to_manifest_dict,
 )
-from pipelines.training_pipeline import S3_SECRET as PIPELINE_S3_SECRET
-from pipelines.training_pipeline import S3_SECRET_ENV as PIPELINE_S3_SECRET_ENV
-from tests import crd_schema
-from tsr.config import REPO_ROOT
+from tsr.kube.render import from_manifest_dict, to_manifest_dict
+from tsr.local.generate import MANIFEST_FILE
 
 MANIFESTS = REPO_ROOT / "manifests"
 GENERATED_DIRS = (kz.BASE_DIR, kz.OVERLAYS_DIR, kz.RETRAIN_DIR)
@@ -141,13 +140,13 @@ def test_regenerating_reproduces_the_committed_files(tmp_path: Path) -> None:
     extra = sorted(set(committed) - set(fresh))
     assert not stale and not extra, (
         f"manifests/ is out of date (stale: {stale}, not generated: {extra}); "
-        "run `.venv/bin/python -m components.deploy.kustomize` and commit the result"
+        "run `.venv/bin/python -m tsr.local.generate` and commit the result"
     )
 
 
 def test_cli_writes_the_same_files(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "components.deploy.kustomize", "--out", str(tmp_path)],
+        [sys.executable, "-m", "tsr.kube.kustomize", "--out", str(tmp_path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

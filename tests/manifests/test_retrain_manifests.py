@@ -26,20 +26,20 @@ import pytest
 import yaml
 from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH, ServiceAccountTokenVolumeCredentials
 
-from components.deploy import kustomize as kz
-from components.deploy import retrain_manifests as rm
-from components.deploy.deploy import DEFAULT_NAMESPACE
+from pipelines import retrain_manifests as rm
 from pipelines.compile import COMPILED
+from pipelines.retrain import RetrainPolicy
 from pipelines.submit import PipelinePackage, validate_parameters
-from serving.monitoring.alerts import AlertConfig, alert_rules
 from tests import crd_schema
 from tests.conftest import wait_until_ok
 from tests.manifests.test_kustomize import K8S_GROUPS, K8S_VERSIONS, PART_OF, build, by_kind, kustomize, one
 from tests.pipelines.kfp_fake import FakeKfp
 from tests.test_no_secrets import find_secrets
-from tsr.config import REPO_ROOT
-from tsr.local_minio import free_port
-from tsr.retrain import RetrainPolicy
+from tsr.core.config import REPO_ROOT
+from tsr.core.processes import free_port
+from tsr.kube import kustomize as kz
+from tsr.kube.inference_service import DEFAULT_NAMESPACE
+from tsr.kube.monitoring.alerts import AlertConfig, alert_rules
 
 RETRAIN = REPO_ROOT / "manifests" / kz.RETRAIN_DIR
 Docs = list[dict[str, Any]]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.local_run import run_local
-from tsr.config import StoreConfig
-from tsr.registry import Registry
+from tsr.core.config import StoreConfig
+from tsr.core.registry import Registry
 
 pytestmark = pytest.mark.slow
 

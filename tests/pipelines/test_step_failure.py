@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.local_run import PipelineRunError, run_local
-from tsr.local_minio import LocalMinio
-from tsr.registry import Registry, sha256_file
+from tsr.core.registry import Registry, sha256_file
+from tsr.local.minio_server import LocalMinio
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_register_fails_with_minio_down_and_the_rerun_reuses_the_cache(
     assert failure.value.step_error.startswith("StoreError: "), message  # and why, from the step's own output
     assert f"on MinIO/S3 at http://{store.endpoint} failed" in message and "Connection refused" in message
     assert "\x1b[" not in message
-    assert "tsr.store.StoreError: " in capfd.readouterr().out  # the step's own log still reaches the console
+    assert "tsr.core.store.StoreError: " in capfd.readouterr().out  # the step's own log still reaches the console
 
     minio_server.start(port=int(store.endpoint.rsplit(":", 1)[1]))
     registry = Registry.from_config(store)

@@ -16,7 +16,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image
 
 from serving.codec import CodecLimits, Rejected, decode_raw_image, decode_v1, decode_v2
-from tsr.preprocessing import float_chw_to_uint8, image_to_uint8, load_image_file, resize_uint8
+from tsr.core.preprocessing import float_chw_to_uint8, image_to_uint8, load_image_file, resize_uint8
 
 SIZE = 32
 LIMITS = CodecLimits()
@@ -195,7 +195,7 @@ def test_v2_raw_bytes_with_a_cut_length_prefix_is_rejected() -> None:
 def test_png_with_a_damaged_chunk_length_is_rejected() -> None:
     """Regression (fuzzing): Pillow raises SyntaxError ("broken PNG file") from load() when an IDAT
     length is wrong; that escaped the shared decoder's error handling and was an HTTP 500. The shared
-    decoder (tsr.preprocessing.decode_image) now turns it into its own error, for ingest too."""
+    decoder (tsr.core.preprocessing.decode_image) now turns it into its own error, for ingest too."""
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG")

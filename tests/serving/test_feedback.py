@@ -30,18 +30,20 @@ from prometheus_client import CollectorRegistry
 from torch import nn
 from typer.testing import CliRunner
 
-from components.ingest.ingest import IngestConfig, ingest, load_split
+from components.ingest.ingest import IngestConfig, ingest
 from serving.feedback import FeedbackConfig, FeedbackLogger, feedback_config, lifecycle_rule_id
 from serving.monitoring.metrics import FEEDBACK_DROP_REASONS, PredictorMetrics
 from tests.conftest import ARCHIVE, make_model_dir
 from tests.serving.predictor_process import running_predictor
-from tsr.config import StoreConfig
-from tsr.local_minio import LocalMinio, free_port
-from tsr.models import TSRNet, load_model_dir, save_model_dir
-from tsr.preprocessing import decode_image, image_to_uint8, to_model_input
-from tsr.registry import Registry
-from tsr.store import S3Store
-from tsr.validation import InvalidParameter
+from tsr.core.config import StoreConfig
+from tsr.core.dataset import load_split
+from tsr.core.models import TSRNet, load_model_dir, save_model_dir
+from tsr.core.preprocessing import decode_image, image_to_uint8, to_model_input
+from tsr.core.processes import free_port
+from tsr.core.registry import Registry
+from tsr.core.store import S3Store
+from tsr.core.validation import InvalidParameter
+from tsr.local.minio_server import LocalMinio
 
 NAME = "signs-feedback"
 BUCKET = "feedback"

@@ -41,7 +41,7 @@ from serving.codec import CodecLimits, Rejected, decode_raw_image, decode_v1, de
 from serving.monitoring.metrics import REJECTION_REASONS
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import predictor_process, rss_mib
-from tsr.local_minio import free_port
+from tsr.core.processes import free_port
 
 NAME = "gtsrb-classifier"
 MAX_BODY = 1024 * 1024  # --max-request-bytes: small, so "huge" bodies are cheap to send

@@ -11,9 +11,9 @@ import numpy as np
 
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
-from tsr.config import StoreConfig
-from tsr.local_minio import free_port
-from tsr.registry import Registry
+from tsr.core.config import StoreConfig
+from tsr.core.processes import free_port
+from tsr.core.registry import Registry
 
 NAME = "signs-hot"
 

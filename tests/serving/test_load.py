@@ -27,8 +27,8 @@ import pytest
 
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import predictor_process, rss_mib
-from tsr.config import REPO_ROOT
-from tsr.local_minio import free_port
+from tsr.core.config import REPO_ROOT
+from tsr.core.processes import free_port
 
 NAME = "gtsrb-classifier"
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")

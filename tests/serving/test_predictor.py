@@ -21,11 +21,11 @@ from serving.batcher import BatchingConfig
 from serving.monitoring.metrics import PredictorMetrics
 from serving.predictor import ModelSource, PredictorOptions, TSRPredictor
 from tests.conftest import make_model_dir
-from tsr.config import StoreConfig
-from tsr.models import WEIGHTS_FILE, load_model_dir
-from tsr.preprocessing import load_image_file, to_model_input
-from tsr.registry import Registry, RegistryError
-from tsr.store import S3Store
+from tsr.core.config import StoreConfig
+from tsr.core.models import WEIGHTS_FILE, load_model_dir
+from tsr.core.preprocessing import load_image_file, to_model_input
+from tsr.core.registry import Registry, RegistryError
+from tsr.core.store import S3Store
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,10 @@ import yaml
 
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
-from tsr.config import REPO_ROOT
-from tsr.gtsrb import CLASS_NAMES
-from tsr.local_minio import free_port
-from tsr.local_prometheus import (
+from tsr.core.config import REPO_ROOT
+from tsr.core.gtsrb import CLASS_NAMES
+from tsr.core.processes import free_port
+from tsr.local.prometheus_server import (
     LocalPrometheus,
     PrometheusConfig,
     PrometheusError,
@@ -83,7 +83,7 @@ def prometheus_binary() -> Path:
 @pytest.fixture(scope="module")
 def rule_file() -> Path:
     if not RULES.is_file():
-        pytest.fail(f"{RULES} is missing: generate it with `python -m serving.monitoring`")
+        pytest.fail(f"{RULES} is missing: generate it with `python -m tsr.kube.monitoring`")
     return RULES
 
 
@@ -288,7 +288,7 @@ def _panel_exprs(panels: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def test_dashboard_queries_evaluate(prometheus: LocalPrometheus, traffic: Traffic) -> None:
     if not DASHBOARD.is_file():
-        pytest.fail(f"{DASHBOARD} is missing: generate it with `python -m serving.monitoring`")
+        pytest.fail(f"{DASHBOARD} is missing: generate it with `python -m tsr.kube.monitoring`")
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = _panel_exprs(dashboard["panels"])
     assert exprs, f"no PromQL targets in {DASHBOARD}"

@@ -13,8 +13,8 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
-from tsr.local_minio import free_port
-from tsr.preprocessing import load_image_file
+from tsr.core.preprocessing import load_image_file
+from tsr.core.processes import free_port
 
 NAME = "gtsrb-classifier"
 

@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from tsr.backend import backend_report, parse_build_settings, parse_parallel_info, summary
-from tsr.config import REPO_ROOT
+from tsr.core.backend import backend_report, parse_build_settings, parse_parallel_info, summary
+from tsr.core.config import REPO_ROOT
 
 EXPECTED_KEYS = {
     "machine",
@@ -94,7 +94,12 @@ def test_parsers_on_fixed_text() -> None:
 
 def test_module_prints_json_and_summary() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tsr.backend"], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-m", "tsr.core.backend"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     report = json.loads(result.stdout)
     assert report["torch"] == torch.__version__

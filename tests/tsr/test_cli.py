@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tsr.config import StoreConfig
-from tsr.registry import Registry
+from tsr.core.config import StoreConfig
+from tsr.core.registry import Registry
 
 TSR = str(Path(sys.executable).parent / "tsr")
 

@@ -65,11 +65,11 @@ class Sandbox:
 
 @pytest.fixture
 def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    import components.deploy.rollout as rollout
     import pipelines.local_run as local_run
     import serving.server as server
     import tsr.cli as cli
-    import tsr.demo as demo
+    import tsr.kube.rollout as rollout
+    import tsr.local.demo as demo
 
     (tmp_path / "a-file").write_text("not a directory\n")
     (tmp_path / "data").mkdir()
@@ -313,7 +313,7 @@ def test_corrupt_image_fails_ingest_naming_the_file_and_writes_nothing(sandbox: 
 
 
 def test_demo_gate_failure_exits_3(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tsr.demo.run_demo", lambda cfg, out, err, **_: {"gate": "fail"})
+    monkeypatch.setattr("tsr.local.demo.run_demo", lambda cfg, out, err, **_: {"gate": "fail"})
     result = sandbox.run("demo", "--epochs", "1")
     assert result.exit_code == 3 and '"gate": "fail"' in result.stdout
 

@@ -26,12 +26,12 @@ from typer.testing import CliRunner
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
 from tsr.cli import app
-from tsr.config import StoreConfig
-from tsr.gtsrb import CLASS_NAMES
-from tsr.local_minio import free_port
-from tsr.predict_client import FILES_PER_REQUEST
-from tsr.registry import Registry
-from tsr.ui import Activity, PipelineWatcher, progress_enabled
+from tsr.core.config import StoreConfig
+from tsr.core.gtsrb import CLASS_NAMES
+from tsr.core.processes import free_port
+from tsr.core.registry import Registry
+from tsr.local.predict_client import FILES_PER_REQUEST
+from tsr.local.ui import Activity, PipelineWatcher, progress_enabled
 
 TSR = str(Path(sys.executable).parent / "tsr")
 NAME = "gtsrb-classifier"
@@ -360,7 +360,7 @@ def test_demo_prints_its_summary_then_one_json_line_or_the_json_alone(
         _fake_kfp_output()
         return summary
 
-    monkeypatch.setattr("tsr.demo.run_demo", fake_run_demo)
+    monkeypatch.setattr("tsr.local.demo.run_demo", fake_run_demo)
     result = invoke(env, "demo", "--epochs", "1")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
@@ -375,7 +375,7 @@ def test_demo_prints_its_summary_then_one_json_line_or_the_json_alone(
 
 # ---- data download and extraction -------------------------------------------------------------------------
 def test_demo_extraction_reports_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tsr.demo import find_data
+    from tsr.local.demo import find_data
 
     training = tmp_path / "src" / "gtsrb" / "GTSRB" / "Training" / "00000"
     training.mkdir(parents=True)
@@ -396,7 +396,7 @@ def test_torchvision_download_goes_through_the_progress_callback(tmp_path: Path)
     """The download itself stays torchvision's (redirects, md5, extraction); only the transfer reports."""
     from torchvision.datasets import utils as tv_utils
 
-    from components.ingest.ingest import _download_progress
+    from tsr.core.sources import _download_progress
 
     payload = tmp_path / "GTSRB-Training_fixed.zip"
     with zipfile.ZipFile(payload, "w") as zf:

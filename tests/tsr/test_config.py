@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tsr.config import ConfigError, explicit_store_config, store_config_from_env
+from tsr.core.config import ConfigError, explicit_store_config, store_config_from_env
 
 
 def test_environment_wins_and_strips_the_scheme() -> None:

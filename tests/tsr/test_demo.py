@@ -14,8 +14,14 @@ import pytest
 from rich.console import Console
 
 from tests.conftest import ARCHIVE
-from tsr.demo import RULES_FILE, copy_report, prometheus_query, start_prometheus
-from tsr.local_prometheus import LocalPrometheus, PrometheusConfig, find_prometheus_binary, sample_value, stop_recorded
+from tsr.local.demo import RULES_FILE, copy_report, prometheus_query, start_prometheus
+from tsr.local.prometheus_server import (
+    LocalPrometheus,
+    PrometheusConfig,
+    find_prometheus_binary,
+    sample_value,
+    stop_recorded,
+)
 
 
 @pytest.fixture(scope="module")

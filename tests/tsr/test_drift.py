@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.ingest.ingest import list_source, load_samples
-from tsr.drift import DriftMonitor, InputReference, build_reference, image_brightness, population_stability_index
+from tsr.core.drift import DriftMonitor, InputReference, build_reference, image_brightness, population_stability_index
+from tsr.core.sources import list_source, load_samples
 
 
 def test_reference_bins_and_round_trip() -> None:

@@ -6,8 +6,8 @@ import os
 import stat
 from pathlib import Path
 
-from tsr.local_minio import LocalMinio, store_session
-from tsr.store import S3Store
+from tsr.core.store import S3Store
+from tsr.local.minio_server import LocalMinio, store_session
 
 
 def test_restart_keeps_data_and_credentials(tmp_path: Path, minio_binary: Path) -> None:

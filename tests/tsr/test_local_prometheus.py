@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tsr.local_minio import free_port
-from tsr.local_prometheus import (
+from tsr.core.processes import free_port
+from tsr.local.prometheus_server import (
     LocalPrometheus,
     PrometheusConfig,
     PrometheusError,

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsr.config import StoreConfig
-from tsr.local_prometheus import find_prometheus_binary
-from tsr.loop import LoopConfig, drift_rule, run_loop, shifted
-from tsr.registry import Registry
+from tsr.core.config import StoreConfig
+from tsr.core.registry import Registry
+from tsr.local.loop import LoopConfig, drift_rule, run_loop, shifted
+from tsr.local.prometheus_server import find_prometheus_binary
 
 pytestmark = pytest.mark.slow
 

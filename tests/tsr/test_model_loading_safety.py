@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import make_model_dir
-from tsr.models import CONFIG_FILE, VARIANT_FILES, WEIGHTS_FILE, load_model_dir
+from tsr.core.models import CONFIG_FILE, VARIANT_FILES, WEIGHTS_FILE, load_model_dir
 
 
 class _Payload:

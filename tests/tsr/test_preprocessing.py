@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tsr.preprocessing import (
+from tsr.core.preprocessing import (
     ImageDecodeError,
     PreprocessConfig,
     channel_stats,

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tsr.config import StoreConfig
-from tsr.registry import (
+from tsr.core.config import StoreConfig
+from tsr.core.registry import (
     CHAMPION,
     Registry,
     RegistryError,
     materialize,
     parse_model_spec,
 )
-from tsr.store import S3Store
+from tsr.core.store import S3Store
 
 
 def test_publish_fetch_and_alias(minio: StoreConfig, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_model_dir
-from tsr.config import StoreConfig
-from tsr.local_minio import LocalMinio
-from tsr.registry import SUMS_FILE, Registry, RegistryError, format_sums, sha256_file
-from tsr.store import S3Store
+from tsr.core.config import StoreConfig
+from tsr.core.registry import SUMS_FILE, Registry, RegistryError, format_sums, sha256_file
+from tsr.core.store import S3Store
+from tsr.local.minio_server import LocalMinio
 
 TSR = str(Path(sys.executable).parent / "tsr")
 NAME = "faulty"

@@ -14,11 +14,7 @@ import pytest
 import uvicorn
 from kfp.client import Client
 
-from pipelines.submit import KfpTarget
-from tests.conftest import wait_until_ok
-from tests.pipelines.kfp_fake import API, FakeKfp
-from tsr.local_minio import free_port
-from tsr.retrain import (
+from pipelines.retrain import (
     Alert,
     KfpTrigger,
     PayloadError,
@@ -27,6 +23,10 @@ from tsr.retrain import (
     create_app,
     parse_alertmanager,
 )
+from pipelines.submit import KfpTarget
+from tests.conftest import wait_until_ok
+from tests.pipelines.kfp_fake import API, FakeKfp
+from tsr.core.processes import free_port
 
 
 def payload(*alerts: tuple[str, str]) -> dict[str, Any]:

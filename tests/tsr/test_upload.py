@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tsr.cli import app
-from tsr.config import StoreConfig
-from tsr.store import open_store
-from tsr.upload import list_files, upload_tree
+from tsr.core.config import StoreConfig
+from tsr.core.store import open_store
+from tsr.local.upload import list_files, upload_tree
 
 
 def invoke(env: dict[str, str], *args: str) -> Any:

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from serving.monitoring.alerts import AlertConfig, AlertRule, RecordingRule, alert_rules, rule_groups
-from serving.monitoring.generate import metric_names, render_all, rule_exprs
 from serving.monitoring.metrics import PredictorMetrics
-from tsr.config import REPO_ROOT
+from tsr.core.config import REPO_ROOT
+from tsr.kube.monitoring.alerts import AlertConfig, AlertRule, RecordingRule, alert_rules, rule_groups
+from tsr.kube.monitoring.generate import metric_names, render_all, rule_exprs
 
 MONITORING = REPO_ROOT / "manifests" / "monitoring"
 RULES = MONITORING / "tsr-rules.yaml"
@@ -135,7 +135,7 @@ def test_metric_name_regex() -> None:
 
 
 def test_generator_refuses_unknown_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
-    import serving.monitoring.generate as generate
+    import tsr.kube.monitoring.generate as generate
 
     monkeypatch.setattr(generate, "rule_exprs", lambda cfg=None: [*rule_exprs(cfg), "rate(tsr_no_such_metric[5m])"])
     with pytest.raises(ValueError, match="tsr_no_such_metric"):

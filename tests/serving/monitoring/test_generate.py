@@ -1,4 +1,4 @@
-"""`python -m serving.monitoring` reproduces the committed manifests/monitoring byte for byte, the
+"""`python -m tsr.kube.monitoring` reproduces the committed manifests/monitoring byte for byte, the
 Kubernetes objects are well-formed, and the Pod/ServiceMonitor select what deploy.py's InferenceService
 becomes once KServe has made its pods and Service."""
 
@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.deploy.deploy import (
+from tsr.core.config import REPO_ROOT
+from tsr.core.registry import DEFAULT_MODEL_NAME
+from tsr.kube.inference_service import (
     DEFAULT_NAMESPACE,
     PROMETHEUS_PORT_ENV,
     InferenceServiceSpec,
@@ -21,11 +23,9 @@ from components.deploy.deploy import (
     example_model_uri,
     isvc_name,
 )
-from serving.monitoring.alerts import AlertConfig
-from serving.monitoring.generate import HEADER, render_all, write_all
-from serving.monitoring.scrape import ISVC_POD_LABEL, ScrapeConfig, pod_monitor, service_monitor
-from tsr.config import REPO_ROOT
-from tsr.registry import DEFAULT_MODEL_NAME
+from tsr.kube.monitoring.alerts import AlertConfig
+from tsr.kube.monitoring.generate import HEADER, render_all, write_all
+from tsr.kube.monitoring.scrape import ISVC_POD_LABEL, ScrapeConfig, pod_monitor, service_monitor
 
 MONITORING = REPO_ROOT / "manifests" / "monitoring"
 HAND_WRITTEN = {"README.md"}
@@ -92,9 +92,9 @@ def test_cli_regenerates_the_committed_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     generated = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     committed = _committed()
-    assert sorted(generated) == sorted(committed), "stale or missing files: run `python -m serving.monitoring`"
+    assert sorted(generated) == sorted(committed), "stale or missing files: run `python -m tsr.kube.monitoring`"
     stale = [rel for rel in generated if generated[rel] != committed[rel]]
-    assert not stale, f"committed files differ from the generator: {stale}; run `python -m serving.monitoring`"
+    assert not stale, f"committed files differ from the generator: {stale}; run `python -m tsr.kube.monitoring`"
 
 
 def test_rendering_is_deterministic(tmp_path: Path) -> None:

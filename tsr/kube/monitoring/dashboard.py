@@ -2,7 +2,7 @@
 
 Built here rather than exported from a Grafana UI so that panels, thresholds and metric names are
 reviewed like code: thresholds come from `AlertConfig` (a panel's red line is the alert's threshold),
-and every expr is checked against the exported metrics by `serving.monitoring.generate`.
+and every expr is checked against the exported metrics by `tsr.kube.monitoring.generate`.
 Selectors use `model=~"$model"` (KServe's own histograms: `model_name=~"$model"`) and rate windows
 `$__rate_interval`, so the dashboard works with any scrape interval and any selection of models.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.monitoring.alerts import DEFAULT_JOB, AlertConfig
+from tsr.kube.monitoring.alerts import DEFAULT_JOB, AlertConfig
 
 SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}

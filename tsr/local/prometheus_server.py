@@ -1,6 +1,6 @@
 """A real Prometheus on 127.0.0.1, for the integration tests and the demo.
 
-Modelled on tsr.local_minio: the binary comes from PATH (Debian's `prometheus` package,
+Modelled on tsr.local.minio_server: the binary comes from PATH (Debian's `prometheus` package,
 `make prometheus`) or .tools/bin; config, TSDB, log and a pid record live under one folder
 (`PrometheusConfig.root`), so a server the demo leaves running can be found and stopped later
 by another process (`tsr prometheus stop`). Everything is passed explicitly: no environment lookups.
@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import yaml
 
-from tsr.local_minio import TOOLS_BIN, free_port
-from tsr.processes import alive, proc_start_time, terminate
+from tsr.core.processes import alive, free_port, proc_start_time, terminate
+from tsr.local.minio_server import TOOLS_BIN
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torchvision
 
-from tsr.config import REPO_ROOT
+from tsr.core.config import REPO_ROOT
 
 
 def git_commit() -> str:

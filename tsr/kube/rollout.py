@@ -37,7 +37,10 @@ from typing import Any
 from kserve import V1beta1InferenceService
 from kubernetes import client as k8s
 
-from components.deploy.deploy import (
+from tsr.core.registry import CHAMPION, DEFAULT_MODEL_NAME, Registry, RegistryError
+from tsr.core.store import split_s3_uri
+from tsr.kube.client import _isvc_args, cluster_endpoint, kube_api_client
+from tsr.kube.inference_service import (
     ANNOTATION_DEPLOYMENT_MODE,
     ANNOTATION_PROMETHEUS,
     DEFAULT_NAMESPACE,
@@ -48,16 +51,11 @@ from components.deploy.deploy import (
     DeployError,
     InferenceServiceSpec,
     _check_storage_uri,
-    _isvc_args,
     build_inference_service,
-    cluster_endpoint,
     isvc_name,
-    kube_api_client,
     parse_toleration,
-    to_manifest_dict,
 )
-from tsr.registry import CHAMPION, DEFAULT_MODEL_NAME, Registry, RegistryError
-from tsr.store import split_s3_uri
+from tsr.kube.render import to_manifest_dict
 
 ANNOTATION_PREFIX = "tsr-platform.io"
 ANNOTATION_MODEL_URI = f"{ANNOTATION_PREFIX}/model-uri"

@@ -3,7 +3,7 @@
 serve the champion (following the alias) -> normal traffic -> shifted traffic (simulated drift:
 darker images) -> the TSRInputDrift alert's own PromQL condition, evaluated by a real Prometheus
 scraping the predictor (or, without Prometheus, the same threshold on the predictor's /metrics)
--> an Alertmanager-format notification to the real webhook receiver (tsr.retrain) -> a retraining
+-> an Alertmanager-format notification to the real webhook receiver (pipelines.retrain) -> a retraining
 run of the same pipeline (kfp.local) -> its gate and champion comparison -> `champion` moves when
 the new model is better -> the running predictor hot-reloads it.
 
@@ -30,9 +30,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tsr.config import REPO_ROOT, StoreConfig
-from tsr.local_minio import free_port
-from tsr.registry import CHAMPION, DEFAULT_MODEL_NAME, Registry
+from tsr.core.config import REPO_ROOT, StoreConfig
+from tsr.core.processes import free_port
+from tsr.core.registry import CHAMPION, DEFAULT_MODEL_NAME, Registry
 
 RULES_FILE = REPO_ROOT / "manifests" / "monitoring" / "tsr-rules.yaml"
 DRIFT_ALERT = "TSRInputDrift"
@@ -71,7 +71,8 @@ class LoopConfig:
 
 def load_images(source: str, n: int, seed: int) -> list[np.ndarray]:
     """`n` images (HWC uint8) from validation tracks, spread over the classes."""
-    from components.ingest.ingest import list_source, split_by_group
+    from tsr.core.dataset import split_by_group
+    from tsr.core.sources import list_source
 
     listing = list_source(Path(source))
     import torch
@@ -134,7 +135,7 @@ def served_version(url: str, model_name: str) -> str | None:
 
 def drift_rule() -> Any:
     """The TSRInputDrift rule exactly as generated into manifests/monitoring (one source for both)."""
-    from serving.monitoring.alerts import AlertConfig, alert_rules
+    from tsr.kube.monitoring.alerts import AlertConfig, alert_rules
 
     (rule,) = [r for r in alert_rules(AlertConfig()) if r.name == DRIFT_ALERT]
     return rule
@@ -206,10 +207,10 @@ def run_loop(
     """One cycle; returns the summary (also what `tsr loop --once --json` prints)."""
     import uvicorn
 
-    from components.deploy.deploy import start_local_predictor, stop_local_predictor
     from pipelines.local_run import run_local
-    from tsr.local_prometheus import LocalPrometheus, PrometheusConfig, PrometheusError, find_prometheus_binary
-    from tsr.retrain import RetrainController, RetrainPolicy, create_app, parse_alertmanager
+    from pipelines.retrain import RetrainController, RetrainPolicy, create_app, parse_alertmanager
+    from serving.process import start_local_predictor, stop_local_predictor
+    from tsr.local.prometheus_server import LocalPrometheus, PrometheusConfig, PrometheusError, find_prometheus_binary
 
     registry = Registry.from_config(store)
     base = {

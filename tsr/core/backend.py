@@ -1,4 +1,4 @@
-"""Which CPU backend torch actually uses on this machine (`python -m tsr.backend`).
+"""Which CPU backend torch actually uses on this machine (`python -m tsr.core.backend`).
 
 The same image is built for linux/amd64 and linux/arm64, and the two get different math
 libraries (MKL + oneDNN on x86, OpenBLAS/NVPL + oneDNN with the Arm Compute Library on arm64),

@@ -1,7 +1,7 @@
 """`manifests/retrain/`: the cluster objects that run the retraining webhook receiver (`tsr retrain-webhook`).
 
 Alertmanager sends the drift and low-confidence alerts to the receiver, which starts a run of the compiled
-pipeline on the KFP backend (tsr/retrain.py). This module renders, from typed `kubernetes.client` objects,
+pipeline on the KFP backend (pipelines/retrain.py). This module renders, from typed `kubernetes.client` objects,
 everything that takes: a ServiceAccount with no Kubernetes API token, two ConfigMaps (run parameters and
 policy; the compiled pipeline), the Deployment, its Service and NetworkPolicy, and the Alertmanager side in
 both forms Alertmanager is configured in (a prometheus-operator `AlertmanagerConfig`, and a plain
@@ -21,7 +21,7 @@ Why the pieces look as they do:
   ConfigMap and reach the command line through `$(VAR)` expansion, so one ConfigMap patch changes them;
   a checksum of the generated ConfigMaps on the pod template rolls the pod when they are regenerated.
 - The alerts routed to the receiver and the alerts the receiver acts on come from one place
-  (`tsr.retrain.RetrainPolicy`) and must exist in `serving.monitoring.alerts`.
+  (`pipelines.retrain.RetrainPolicy`) and must exist in `tsr.kube.monitoring.alerts`.
 """
 
 from __future__ import annotations
@@ -40,14 +40,13 @@ from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH
 from kfp.client.client import KF_PIPELINES_ENDPOINT_ENV
 from kubernetes import client as k8s
 
-from components.deploy.deploy import (
-    _PART_OF,
-    RUN_AS_USER,
-    restricted_container_security,
-    restricted_pod_security,
-    to_manifest_dict,
-)
-from components.deploy.kustomize import (
+from components.factory import DEFAULT_COMPONENT_IMAGE
+from pipelines.compile import COMPILED
+from pipelines.retrain import RetrainPolicy
+from pipelines.submit import PipelinePackage, validate_parameters
+from tsr.core.config import ENV_STATE_DIR, REPO_ROOT
+from tsr.kube.inference_service import _PART_OF, RUN_AS_USER, restricted_container_security, restricted_pod_security
+from tsr.kube.kustomize import (
     HEADER,
     KUSTOMIZATION,
     KUSTOMIZE_API_VERSION,
@@ -55,12 +54,8 @@ from components.deploy.kustomize import (
     _comment,
     split_image,
 )
-from components.factory import DEFAULT_COMPONENT_IMAGE
-from pipelines.compile import COMPILED
-from pipelines.submit import PipelinePackage, validate_parameters
-from serving.monitoring.alerts import AlertConfig, alert_rules
-from tsr.config import ENV_STATE_DIR, REPO_ROOT
-from tsr.retrain import RetrainPolicy
+from tsr.kube.monitoring.alerts import AlertConfig, alert_rules
+from tsr.kube.render import to_manifest_dict
 
 RETRAIN = "tsr-retrain"  # ServiceAccount, ConfigMap, AlertmanagerConfig and its receiver
 WEBHOOK = "tsr-retrain-webhook"  # Deployment, Service, NetworkPolicy
@@ -68,7 +63,7 @@ PIPELINE_CONFIGMAP = "tsr-retrain-pipeline"
 CONTAINER = "retrain-webhook"
 HTTP_PORT = 8080
 PORT_NAME = "http"
-ALERTS_PATH = "/alerts"  # tsr.retrain.create_app: Alertmanager's webhook_config url
+ALERTS_PATH = "/alerts"  # pipelines.retrain.create_app: Alertmanager's webhook_config url
 HEALTH_PATH = "/healthz"
 
 CONFIG_DIR = "/etc/tsr-retrain"
@@ -204,7 +199,7 @@ class RetrainConfig:
       `kfp_namespace`: the KFP profile namespace where runs live (multi-user; single-user ignores it).
     - `run_service_account`: the service account the run's steps use (the Helm chart's runner, which may
       deploy InferenceServices); empty: the KFP profile's default.
-    - `policy`: which alerts retrain, the cooldown and the daily cap (tsr.retrain's defaults).
+    - `policy`: which alerts retrain, the cooldown and the daily cap (pipelines.retrain's defaults).
     - `monitoring_namespace`: where Alertmanager and Prometheus run; the only source the NetworkPolicy admits.
     - `repeat_interval`: how often Alertmanager repeats a still-firing group; equal to the cooldown, so
       each repeat may start at most one run.
@@ -234,7 +229,7 @@ class RetrainConfig:
         known = {rule.name for rule in alert_rules(AlertConfig())}
         missing = sorted(set(self.policy.alerts) - known)
         if missing:
-            raise ValueError(f"alerts {missing} are not defined in serving/monitoring/alerts.py ({sorted(known)})")
+            raise ValueError(f"alerts {missing} are not defined in tsr/kube/monitoring/alerts.py ({sorted(known)})")
         if self.token_expiration_s < MIN_TOKEN_EXPIRATION_S:
             raise ValueError(f"token_expiration_s must be >= {MIN_TOKEN_EXPIRATION_S}, got {self.token_expiration_s}")
         if not re.fullmatch(r"https?://\S+", self.kfp_endpoint):

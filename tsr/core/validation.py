@@ -112,8 +112,8 @@ def check_output_dir(param: str, path: Path, replaceable: frozenset[str] = froze
 
 
 def check_registry_name(param: str, name: str, what: str = "model name") -> None:
-    """Registry model names and version ids become object keys: no '/', no '..', lowercase (tsr.registry)."""
-    from tsr.registry import RegistryError, check_name
+    """Registry model names and version ids become object keys: no '/', no '..', lowercase (tsr.core.registry)."""
+    from tsr.core.registry import RegistryError, check_name
 
     try:
         check_name(name, what)
@@ -123,7 +123,7 @@ def check_registry_name(param: str, name: str, what: str = "model name") -> None
 
 def check_model_ref(param: str, ref: str) -> None:
     """'champion', 'latest' or a version id (checked like a name, so it cannot leave its prefix)."""
-    from tsr.registry import RegistryError, check_name
+    from tsr.core.registry import RegistryError, check_name
 
     if ref in {"champion", "latest"}:
         return

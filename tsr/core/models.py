@@ -29,7 +29,7 @@ import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tsr.preprocessing import PreprocessConfig
+from tsr.core.preprocessing import PreprocessConfig
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -121,7 +121,7 @@ class ModelConfig:
     preprocess: PreprocessConfig
     width: int = 16
     train_params: dict[str, Any] = field(default_factory=dict)
-    # The training data's brightness distribution (tsr.drift.InputReference.to_dict()): the
+    # The training data's brightness distribution (tsr.core.drift.InputReference.to_dict()): the
     # predictor's drift baseline, carried with the weights so it always matches the model.
     input_reference: dict[str, Any] | None = None
     # "fp32" (safetensors weights), "int8" or "exported" (a TorchScript archive, see VARIANT_FILES).

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tsr.config import REPO_ROOT, StoreConfig, explicit_store_config, state_dir
+from tsr.core.config import REPO_ROOT, StoreConfig, explicit_store_config, state_dir
+from tsr.core.processes import free_port
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,6 @@ def find_minio_binary() -> Path | None:
         return local
     found = shutil.which("minio")
     return Path(found) if found else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _pid_alive(pid: int) -> bool:

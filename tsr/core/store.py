@@ -21,7 +21,7 @@ from minio.error import S3Error, ServerError
 from urllib3 import PoolManager, Retry, Timeout
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError
 
-from tsr.config import StoreConfig
+from tsr.core.config import StoreConfig
 
 
 class StoreError(RuntimeError):

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tsr.config import StoreConfig
-from tsr.store import open_store
-from tsr.validation import InvalidParameter, check_s3_uri
+from tsr.core.config import StoreConfig
+from tsr.core.store import open_store
+from tsr.core.validation import InvalidParameter, check_s3_uri
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_WORKERS = 64

@@ -26,9 +26,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from components.ingest.ingest import list_source, split_by_group
-from tsr.config import REPO_ROOT, state_dir
-from tsr.local_prometheus import (
+from tsr.core.config import REPO_ROOT, state_dir
+from tsr.core.dataset import split_by_group
+from tsr.core.registry import DEFAULT_MODEL_NAME, Registry
+from tsr.core.sources import list_source
+from tsr.local.prometheus_server import (
     INSTALL_HINT,
     LocalPrometheus,
     PrometheusConfig,
@@ -36,7 +38,6 @@ from tsr.local_prometheus import (
     find_prometheus_binary,
     sample_value,
 )
-from tsr.registry import DEFAULT_MODEL_NAME, Registry
 
 SHARED_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "gtsrb-train-32.tar.gz"
 RULES_FILE = REPO_ROOT / "manifests" / "monitoring" / "tsr-rules.yaml"
@@ -217,9 +218,9 @@ def run_demo(
 
     `on_extract(done, total)` follows the extraction of the shared GTSRB archive, when that happens.
     """
-    from components.deploy.deploy import stop_local_predictor
     from pipelines.local_run import run_local
-    from tsr.local_minio import store_session
+    from serving.process import stop_local_predictor
+    from tsr.local.minio_server import store_session
 
     source, download = find_data(cfg.data_dir, err, on_extract)
     state = state_dir()
@@ -258,7 +259,7 @@ def run_demo(
                 raise RuntimeError(f"champion {version} was not registered by this run ({result.run_id})")
             summary["model_uri"] = registry.uri(cfg.model_name, version)
             try:
-                from components.deploy.deploy import read_local_predictor
+                from serving.process import read_local_predictor
 
                 endpoint = read_local_predictor(state)
                 summary["endpoint"] = endpoint["url"]
@@ -283,7 +284,7 @@ def run_demo(
 
 def print_summary(summary: dict[str, Any], model_name: str, out: Console) -> None:
     """The demo's end for people: aligned key/value rows (gate coloured), then the sample predictions."""
-    from tsr.ui import confidence_text, gate_text, key_value_table, percent
+    from tsr.local.ui import confidence_text, gate_text, key_value_table, percent
 
     rows: list[tuple[str, Any]] = [
         ("validation accuracy", Text(percent(summary.get("validation_accuracy")), style="bold")),

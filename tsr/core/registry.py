@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tsr.config import DEFAULT_BUCKET, StoreConfig
-from tsr.store import ObjectStore, StoreError, open_store, split_s3_uri
+from tsr.core.config import DEFAULT_BUCKET, StoreConfig
+from tsr.core.store import ObjectStore, StoreError, open_store, split_s3_uri
 
 SUMS_FILE = "SHA256SUMS"
 CARD_FILE = "model-card.json"

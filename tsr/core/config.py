@@ -6,7 +6,7 @@ Resolution order (first match wins):
   2. a TOML config file: $TSR_CONFIG, else ~/.config/tsr/config.toml, with a [store] table
      holding the same fields (endpoint, access_key, secret_key, secure, region, dir);
   3. the embedded default: a MinIO server under the project's state folder, started on
-     demand on 127.0.0.1 with generated credentials (see tsr.local_minio).
+     demand on 127.0.0.1 with generated credentials (see tsr.local.minio_server).
 In a cluster the environment variables come from a Kubernetes Secret, never from arguments.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 DEFAULT_BUCKET = "models"
 DATA_BUCKET = "datasets"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ENV_ENDPOINT = "TSR_S3_ENDPOINT"
 ENV_ACCESS_KEY = "TSR_S3_ACCESS_KEY"
