@@ -29,11 +29,12 @@ PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test lint typecheck compile bench clean clean-state images actionlint
+.PHONY: help venv tools crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images actionlint
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
 	@echo "make test   - the test suite (what CI runs)"
+	@echo "make test-fast - the unit tier (lint + pytest -m unit, ~1-2 min): no GTSRB archive, servers or tools needed"
 	@echo "make bench  - the side-by-side benchmark suite (~5-15 min; results in benchmarks/results/)"
 	@echo "make bench-train - default config on all data: accuracy and training time (long)"
 	@echo "make bench-serving - predictor throughput with and without batching (wrk, concurrency 32)"
@@ -107,7 +108,7 @@ crds: $(CRDS)/.stamp-$(KSERVE_CRD_VERSION)-$(PROM_OPERATOR_VERSION)
 tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOOLS)/dockerfile-check $(TOOLS)/kube-crd-apiserver crds prometheus
 
 demo: venv $(TOOLS)/minio prometheus
-	$(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS) \
+	TSR_STATE_DIR=$(CURDIR)/.state $(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS) \
 	  --batch-size $(DEMO_BATCH) --min-accuracy $(DEMO_MIN_ACCURACY)
 
 test: venv tools lint typecheck
@@ -115,15 +116,21 @@ test: venv tools lint typecheck
 	@command -v amtool >/dev/null || { echo "amtool not found: see 'make prometheus'"; exit 1; }
 	$(PY) -m pytest -q
 
+# The unit tier: tests/conftest.py marks each test `unit` or `integration` (GTSRB archive, MinIO, Prometheus,
+# helm/kustomize/API server binaries, subprocesses, kfp.local runs, `slow`); this runs the former.
+test-fast: venv lint
+	$(PY) -m pytest -q -m unit
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv
 	$(VENV)/bin/mypy tsr components pipelines serving benchmarks
 
 monitoring: venv
-	$(PY) -m tsr.kube.monitoring
+	$(PY) -m tsr.kube.monitoring --out manifests/monitoring
 	cp manifests/monitoring/tsr-rules.yaml manifests/monitoring/grafana-dashboard.json helm/tsr-platform/files/
 
 # Regenerate manifests/inferenceservice.yaml and the kustomize base + overlays from the typed builders.
@@ -136,10 +143,10 @@ compile: venv
 	$(PY) -m tsr.local.generate
 
 bench: venv $(TOOLS)/minio wrk
-	$(PY) -m benchmarks.suite
+	TSR_STATE_DIR=$(CURDIR)/.state $(PY) -m benchmarks.suite
 
 bench-train: venv
-	$(PY) -m benchmarks.train_default
+	TSR_STATE_DIR=$(CURDIR)/.state $(PY) -m benchmarks.train_default
 
 # wrk (Debian's package) drives the predictor: a C load generator leaves the server most of the CPU.
 wrk:
@@ -151,7 +158,7 @@ bench-serving: venv wrk
 	$(PY) -m benchmarks.serving_throughput
 
 clean-state:
-	-$(VENV)/bin/tsr store stop
+	-TSR_STATE_DIR=$(CURDIR)/.state $(VENV)/bin/tsr store stop
 	rm -rf .state
 
 clean: clean-state

@@ -7,7 +7,8 @@ from pathlib import Path
 from kfp import compiler
 
 from components.factory import DEFAULT_COMPONENT_IMAGE
-from pipelines.training_pipeline import Placement, Toleration, build_pipeline
+from pipelines.training_pipeline import Placement, build_pipeline
+from tsr.kube.placement import Toleration
 
 COMPILED = Path(__file__).resolve().parent / "compiled" / "tsr_training.yaml"
 

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH
 from kfp.client.client import KF_PIPELINES_ENDPOINT_ENV
 from kubernetes import client as k8s
@@ -44,18 +43,12 @@ from components.factory import DEFAULT_COMPONENT_IMAGE
 from pipelines.compile import COMPILED
 from pipelines.retrain import RetrainPolicy
 from pipelines.submit import PipelinePackage, validate_parameters
-from tsr.core.config import ENV_STATE_DIR, REPO_ROOT
-from tsr.kube.inference_service import _PART_OF, RUN_AS_USER, restricted_container_security, restricted_pod_security
-from tsr.kube.kustomize import (
-    HEADER,
-    KUSTOMIZATION,
-    KUSTOMIZE_API_VERSION,
-    KustomizeConfig,
-    _comment,
-    split_image,
-)
+from tsr.core.config import ENV_STATE_DIR
+from tsr.kube.inference_service import RUN_AS_USER, restricted_container_security, restricted_pod_security
+from tsr.kube.kustomize import HEADER, KUSTOMIZATION, KUSTOMIZE_API_VERSION, KustomizeConfig, split_image
+from tsr.kube.labels import NAMESPACE_NAME_LABEL, OS_LABEL, PART_OF
 from tsr.kube.monitoring.alerts import AlertConfig, alert_rules
-from tsr.kube.render import to_manifest_dict
+from tsr.kube.render import dump_documents
 
 RETRAIN = "tsr-retrain"  # ServiceAccount, ConfigMap, AlertmanagerConfig and its receiver
 WEBHOOK = "tsr-retrain-webhook"  # Deployment, Service, NetworkPolicy
@@ -75,7 +68,6 @@ KFP_AUDIENCE = "pipelines.kubeflow.org"
 KFP_TOKEN_DIR, KFP_TOKEN_FILE = posixpath.split(KF_PIPELINES_SA_TOKEN_PATH)
 MIN_TOKEN_EXPIRATION_S = 600  # the API server refuses shorter projected tokens
 CHECKSUM_ANNOTATION = "checksum/config"
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace (>= 1.21)
 
 # ConfigMap keys (operator settings) -> the variables the container's args expand with $(NAME).
 SETTINGS_ENV = {
@@ -256,7 +248,7 @@ def webhook_url(namespace: str) -> str:
 
 
 def _labels(component: str) -> dict[str, str]:
-    return {**_PART_OF, "app.kubernetes.io/name": WEBHOOK, "app.kubernetes.io/component": component}
+    return {**PART_OF, "app.kubernetes.io/name": WEBHOOK, "app.kubernetes.io/component": component}
 
 
 def selector_labels() -> dict[str, str]:
@@ -437,7 +429,7 @@ def build_deployment(namespace: str, retrain: RetrainConfig, checksum: str) -> k
         enable_service_links=False,  # no Docker-link variables of every Service in the namespace
         containers=[container],
         volumes=volumes,
-        node_selector={"kubernetes.io/os": "linux"},
+        node_selector={OS_LABEL: "linux"},
         security_context=restricted_pod_security(),  # fs_group: the projected token stays readable
     )
     return k8s.V1Deployment(
@@ -515,24 +507,15 @@ def build_alertmanager_config(namespace: str, retrain: RetrainConfig) -> dict[st
 
 
 # ---- rendering ---------------------------------------------------------------------------------------
-class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (params.json, the compiled pipeline) as `|` blocks, readable in review."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-
-_BlockDumper.add_representer(str, _str)
-
-
 def _documents(objs: Sequence[Any], *header: str) -> str:
-    """YAML documents (typed objects or dicts) under the generator's header; sorted keys, no wrapping."""
-    docs = [o if isinstance(o, dict) else to_manifest_dict(o) for o in objs]
-    body = "".join(
-        "---\n" + yaml.dump(d, Dumper=_BlockDumper, sort_keys=True, default_flow_style=False, width=1000) for d in docs
-    )
-    return _comment([HEADER, *header]) + body
+    """YAML documents (typed objects or dicts) under the generator's header; sorted keys, no wrapping,
+    multi-line strings (params.json, the compiled pipeline) as `|` blocks, readable in review."""
+    return dump_documents(objs, [HEADER, *header])
+
+
+def _ordered(data: Mapping[str, Any], *header: str) -> str:
+    """One document, keys in the order given, no `---` (kustomization.yaml, alertmanager.yml snippets)."""
+    return dump_documents([data], [HEADER, *header], separators=False, sort_keys=False)
 
 
 def render_retrain(cfg: KustomizeConfig, retrain: RetrainConfig | None = None) -> dict[str, str]:
@@ -555,7 +538,7 @@ def render_retrain(cfg: KustomizeConfig, retrain: RetrainConfig | None = None) -
         ),
         "pipeline-configmap.yaml": _documents(
             [pipeline],
-            f"The compiled pipeline ({COMPILED.relative_to(REPO_ROOT).as_posix()}) the receiver submits;",
+            f"The compiled pipeline (pipelines/compiled/{COMPILED.name}) the receiver submits;",
             "regenerated with `make manifests` after `make compile`.",
         ),
         "deployment.yaml": _documents(
@@ -575,28 +558,24 @@ def render_retrain(cfg: KustomizeConfig, retrain: RetrainConfig | None = None) -
             f"The operator adds a namespace={ns} matcher: the alerts must carry that label (README.md).",
         ),
     }
-    files[RECEIVER_FILE] = _comment(
-        [
-            HEADER,
-            "For an Alertmanager configured by hand (no prometheus-operator); NOT a kustomize resource.",
-            "Merge into alertmanager.yml: the route goes first under your root route's `routes:`, the",
-            "receiver into `receivers:`. Check the result with `amtool check-config alertmanager.yml`.",
-        ]
-    ) + yaml.safe_dump(route.alertmanager_yml(), sort_keys=False, default_flow_style=False, width=1000)
+    files[RECEIVER_FILE] = _ordered(
+        route.alertmanager_yml(),
+        "For an Alertmanager configured by hand (no prometheus-operator); NOT a kustomize resource.",
+        "Merge into alertmanager.yml: the route goes first under your root route's `routes:`, the",
+        "receiver into `receivers:`. Check the result with `amtool check-config alertmanager.yml`.",
+    )
     resources = [name for name in files if name != RECEIVER_FILE]
     kustomization = {
         "apiVersion": KUSTOMIZE_API_VERSION,
         "kind": "Kustomization",
         "namespace": ns,
-        "labels": [{"pairs": dict(_PART_OF), "includeSelectors": False}],
+        "labels": [{"pairs": dict(PART_OF), "includeSelectors": False}],
         "resources": resources,
         "images": [split_image(retrain.component_image)],
     }
-    files[KUSTOMIZATION] = _comment(
-        [
-            HEADER,
-            "Opt-in: kubectl apply -k manifests/retrain (needs a KFP backend; the AlertmanagerConfig needs",
-            f"prometheus-operator's CRDs, otherwise use {RECEIVER_FILE}). See README.md.",
-        ]
-    ) + yaml.safe_dump(kustomization, sort_keys=False, default_flow_style=False, width=1000)
+    files[KUSTOMIZATION] = _ordered(
+        kustomization,
+        "Opt-in: kubectl apply -k manifests/retrain (needs a KFP backend; the AlertmanagerConfig needs",
+        f"prometheus-operator's CRDs, otherwise use {RECEIVER_FILE}). See README.md.",
+    )
     return files

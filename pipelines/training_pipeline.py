@@ -10,7 +10,7 @@ so it lands in the compiled IR and is reviewed like code.
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Markdown
@@ -24,52 +24,13 @@ from components.register.component import register_component
 from components.train.component import train_component
 from tsr.kube.inference_service import PIPELINE_S3_SECRET as S3_SECRET
 from tsr.kube.inference_service import PIPELINE_S3_SECRET_ENV as S3_SECRET_ENV
+from tsr.kube.labels import OS_LABEL
+from tsr.kube.placement import PREFERRED_WEIGHT, Toleration, arch_expression, check_arch
 
 PIPELINE_NAME = "tsr-training"
-# The Kubernetes Secret whose keys become the store's environment variables in each step.
-# Well-known node labels (set by the kubelet on every node).
-OS_LABEL = "kubernetes.io/os"
-ARCH_LABEL = "kubernetes.io/arch"
 STEPS = ("ingest", "train", "evaluate", "register", "deploy")
 # Steps that run only when a pipeline parameter asks for them (`optimize`); placed like the others.
 OPTIONAL_STEPS = ("optimize",)
-
-TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
-_EFFECTS: tuple[str, ...] = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-
-
-@dataclass(frozen=True)
-class Toleration:
-    """A pod toleration; `parse` reads kubectl's taint syntax so a taint can be copied as is."""
-
-    key: str
-    value: str = ""
-    effect: TaintEffect | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
-
-    def __post_init__(self) -> None:
-        if not self.key:
-            raise ValueError("a toleration needs a taint key (tolerating every taint is not offered)")
-        if self.effect is not None and self.effect not in _EFFECTS:
-            raise ValueError(f"toleration {self.key!r}: effect must be one of {_EFFECTS}, got {self.effect!r}")
-        if self.operator not in ("Equal", "Exists"):
-            raise ValueError(f"toleration {self.key!r}: operator must be Equal or Exists, got {self.operator!r}")
-        if self.operator == "Exists" and self.value:
-            raise ValueError(f"toleration {self.key!r}: operator Exists takes no value")
-
-    @classmethod
-    def parse(cls, text: str) -> "Toleration":
-        """`key=value:Effect`, `key=value` (any effect), `key:Effect` or `key` (any value: operator Exists)."""
-        spec, _, effect = text.strip().partition(":")
-        key, has_value, value = spec.partition("=")
-        if effect and effect not in _EFFECTS:
-            raise ValueError(f"toleration {text!r}: effect must be one of {_EFFECTS}")
-        return cls(
-            key=key.strip(),
-            value=value.strip(),
-            effect=cast(TaintEffect | None, effect or None),  # checked against _EFFECTS above
-            operator="Equal" if has_value else "Exists",
-        )
 
 
 @dataclass(frozen=True)
@@ -138,8 +99,8 @@ class Placement:
         unknown = set(self.steps) - set(STEPS) - set(OPTIONAL_STEPS)
         if unknown:
             raise ValueError(f"unknown step(s) {sorted(unknown)} in placement; steps are {STEPS + OPTIONAL_STEPS}")
-        if self.train_arch and not self.train_arch.replace("_", "").isalnum():
-            raise ValueError(f"train_arch must be a node arch label value such as arm64/amd64, got {self.train_arch!r}")
+        if self.train_arch:
+            check_arch(self.train_arch)
 
     def step(self, name: str) -> StepResources:
         return self.steps.get(name, StepResources())
@@ -189,8 +150,8 @@ def apply_placement(task: Any, name: str, placement: Placement, kubernetes_platf
     if name == "train" and placement.train_arch:
         kubernetes.add_node_affinity(
             task,
-            match_expressions=[{"key": ARCH_LABEL, "operator": "In", "values": [placement.train_arch]}],
-            weight=None if placement.train_arch_required else 100,
+            match_expressions=[arch_expression([placement.train_arch])],
+            weight=None if placement.train_arch_required else PREFERRED_WEIGHT,
         )
     for toleration in (*placement.tolerations, *spec.tolerations):
         kubernetes.add_toleration(
@@ -199,6 +160,7 @@ def apply_placement(task: Any, name: str, placement: Placement, kubernetes_platf
             operator=toleration.operator,
             value=toleration.value or None,
             effect=toleration.effect,
+            toleration_seconds=toleration.toleration_seconds,
         )
     return task
 

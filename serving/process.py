@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tsr.core.config import ENV_STATE_DIR, REPO_ROOT, StoreConfig
+from tsr.core.config import ENV_STATE_DIR, StoreConfig
 from tsr.core.processes import free_port, proc_start_time, send_signal_to_group, terminate
 
 
@@ -78,17 +78,20 @@ def start_local_predictor(
     port = port or free_port()
     log_path = state_dir / LOCAL_LOG_FILE
     prefix = list(command) if command is not None else [sys.executable, "-m", "serving"]
-    argv = [*prefix, "--model", model_uri, "--model-name", model_name]
+    # The child runs in the state dir: a relative model directory is made absolute (the caller's cwd).
+    model_arg = str(Path(model_uri).resolve()) if "://" not in model_uri and Path(model_uri).exists() else model_uri
+    argv = [*prefix, "--model", model_arg, "--model-name", model_name]
     argv += ["--http-port", str(port)]
     if threads:
         argv += ["--threads", str(threads)]
     argv += list(extra_args)
     env = {**os.environ, **(store.env() if store is not None else {})}
-    env.setdefault(ENV_STATE_DIR, str(state_dir))
+    # Absolute: the child's cwd is the state dir, where a relative path would mean something else.
+    env[ENV_STATE_DIR] = str(Path(env.get(ENV_STATE_DIR) or state_dir).resolve())
     with log_path.open("wb") as log_fh:
         proc = subprocess.Popen(
             argv,
-            cwd=REPO_ROOT,
+            cwd=state_dir,  # not the checkout: `python -m serving` imports from wherever tsr-platform is installed
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_fh,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shutil
 import subprocess
 import tarfile
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,9 @@ from tsr.core.preprocessing import PreprocessConfig
 from tsr.local.minio_server import LocalMinio, find_minio_binary
 
 ARCHIVE = Path(os.environ.get("TSR_GTSRB_ARCHIVE", REPO_ROOT.parent / "shared" / "data" / "gtsrb-train-32.tar.gz"))
+# The suite keeps the checkout's git-ignored .state/ (as the Makefile's targets do) rather than the
+# installed default ~/.local/state/tsr; a test that needs another state dir sets TSR_STATE_DIR itself.
+os.environ.setdefault("TSR_STATE_DIR", str(REPO_ROOT / ".state"))
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +145,103 @@ def make_model_dir(path: Path, seed: int = 0, export_program: bool = False) -> P
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
     return make_model_dir(tmp_path / "model")
+
+
+# ---- test tiers -----------------------------------------------------------------------------------------
+# `make test` runs everything; `make test-fast` runs `-m unit`: what needs no GTSRB archive, no MinIO,
+# Prometheus, helm, kustomize or API server, starts no process and finishes in seconds. Every test gets
+# exactly one of the two markers here, at collection, so test files carry no tier markers of their own.
+TESTS_DIR = Path(__file__).resolve().parent
+# Fixtures that need the archive or an external server binary; everything requesting them, directly or
+# through another fixture (gtsrb_small, minio, minio_server, module fixtures), is integration.
+INTEGRATION_FIXTURES = frozenset({"gtsrb_root", "minio_binary", "prometheus_binary", "promtool"})
+# Names that mean a real process, server or tool when the code of a test, of a fixture it requests, or of a
+# tests/ helper either calls (followed transitively) refers to them: sys.executable, subprocess, shutil.which,
+# kfp.local's runner, MinIO, the benchmark harness's server process, the CRDs that `make crds` fetches.
+INTEGRATION_NAMES = frozenset(
+    {"subprocess", "executable", "which", "SubprocessRunner", "DockerRunner", "LocalMinio", "find_minio_binary"}
+    | {"server_process", "CRD_DIR"}
+)
+# Whole modules that are integration whatever their tests look like (relative to tests/).
+INTEGRATION_MODULES = frozenset(
+    {
+        "serving/test_fuzz.py",  # hypothesis against the real server; even its in-process codec fuzz takes ~10 s
+        "serving/test_load.py",
+        "serving/test_prometheus_integration.py",
+        "test_kube_apiserver.py",
+        "components/test_rollout_apiserver.py",
+        "manifests/test_apiserver_dry_run.py",
+    }
+)
+_tier_cache: dict[types.CodeType, str | None] = {}
+
+
+@functools.cache
+def _in_tests(filename: str) -> bool:
+    return Path(filename).resolve().is_relative_to(TESTS_DIR)
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """Global and attribute names used by `code` and the code nested in it (comprehensions, lambdas, closures)."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _integration_name(func: Any, seen: set[types.CodeType]) -> str | None:
+    """The first INTEGRATION_NAMES name that `func` (a test, fixture or helper under tests/) reaches, if any."""
+    func = inspect.unwrap(getattr(func, "__func__", func))
+    code = getattr(func, "__code__", None)
+    if code is None or code in seen or not _in_tests(code.co_filename):
+        return None
+    seen.add(code)
+    names = _code_names(code)
+    if hit := sorted(names & INTEGRATION_NAMES):
+        return f"{hit[0]} in {code.co_name}"
+    scope = getattr(func, "__globals__", {})
+    for name in sorted(names):
+        obj = scope.get(name)
+        if isinstance(obj, types.ModuleType):  # a tests/ helper module: follow the attributes used
+            if not _in_tests(getattr(obj, "__file__", None) or "/"):
+                continue
+            targets = [getattr(obj, n) for n in sorted(names) if hasattr(obj, n)]
+        elif isinstance(obj, type):  # a helper class: its methods
+            targets = list(vars(obj).values())
+        else:
+            targets = [obj]
+        for target in targets:
+            if (callable(target) or isinstance(target, staticmethod | classmethod)) and (
+                found := _integration_name(target, seen)
+            ):
+                return found
+    return None
+
+
+def _integration_reason(item: pytest.Item) -> str | None:
+    """Why `item` belongs to the integration tier, or None for a unit test."""
+    if item.get_closest_marker("slow"):
+        return "marked slow"
+    if item.path.resolve().relative_to(TESTS_DIR).as_posix() in INTEGRATION_MODULES:
+        return "integration module"
+    if used := sorted(INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))):
+        return f"fixture {used[0]}"
+    fixturedefs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    funcs = [defs[-1].func for defs in fixturedefs.values() if defs] + [getattr(item, "function", None)]
+    for func in funcs:
+        code = getattr(inspect.unwrap(func), "__code__", None) if func is not None else None
+        if code is None:
+            continue
+        if code not in _tier_cache:
+            _tier_cache[code] = _integration_name(func, set())
+        if _tier_cache[code]:
+            return _tier_cache[code]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        reason = _integration_reason(item)
+        item.add_marker(pytest.mark.integration(reason=reason) if reason else pytest.mark.unit)

@@ -100,7 +100,7 @@ def test_generated_minio_credentials_stay_private(tmp_path: Path) -> None:
     access, secret = server.credentials()
     assert len(secret) >= 32 and access != secret
     assert server.credentials_file.stat().st_mode & 0o777 == 0o600
-    default_file = state_dir({}) / "minio" / "credentials.json"
+    default_file = state_dir() / "minio" / "credentials.json"
     ignored = subprocess.run(["git", "check-ignore", "-q", str(default_file)], cwd=REPO_ROOT, check=False)
     assert ignored.returncode == 0, f"{default_file} is not git-ignored"
 

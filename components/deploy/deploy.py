@@ -28,8 +28,8 @@ from tsr.kube.inference_service import (
     InferenceServiceSpec,
     build_inference_service,
     isvc_name,
-    parse_toleration,
 )
+from tsr.kube.placement import parse_toleration
 from tsr.kube.render import render_yaml
 from tsr.kube.rollout import rollout_inference_service
 

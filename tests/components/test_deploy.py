@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 from kserve import V1beta1InferenceService
-from kubernetes.client.rest import ApiException
 
 from components.deploy import deploy as d
 from serving import process as sproc
@@ -375,74 +374,6 @@ def test_cluster_mode_without_a_cluster_fails_clearly(tmp_path: Path, monkeypatc
         d.deploy("cluster", str(tmp_path))
 
 
-class FakeCustomObjects:
-    """Just enough of CustomObjectsApi to check create-or-replace and readiness polling."""
-
-    def __init__(self, existing: dict[str, Any] | None = None, conflicts: int = 0) -> None:
-        self.existing = existing
-        self.conflicts = conflicts
-        self.calls: list[tuple[str, Any]] = []
-
-    def get_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str, name: str, **_: Any) -> Any:
-        assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
-        self.calls.append(("get", name))
-        if self.existing is None:
-            raise ApiException(status=404, reason="Not Found")
-        return self.existing
-
-    def create_namespaced_custom_object(
-        self, group: str, version: str, ns: str, plural: str, body: Any, **_: Any
-    ) -> Any:
-        self.calls.append(("create", body))
-        return body
-
-    def replace_namespaced_custom_object(
-        self, group: str, version: str, ns: str, plural: str, name: str, body: Any, **_: Any
-    ) -> Any:
-        if self.conflicts:
-            self.conflicts -= 1
-            raise ApiException(status=409, reason="Conflict")
-        self.calls.append(("replace", body))
-        return body
-
-
-def test_apply_creates_then_replaces() -> None:
-    isvc = isvcs.build_inference_service(spec())
-    api = FakeCustomObjects()
-    assert d.apply_inference_service(isvc, api=api) == "created tsr/gtsrb-classifier"
-    assert api.calls[-1] == ("create", render.to_manifest_dict(isvc))
-    api = FakeCustomObjects(existing={"metadata": {"resourceVersion": "42"}}, conflicts=1)
-    assert d.apply_inference_service(isvc, api=api) == "replaced tsr/gtsrb-classifier"
-    kind, body = api.calls[-1]
-    assert kind == "replace" and body["metadata"]["resourceVersion"] == "42"
-    assert body["spec"] == render.to_manifest_dict(isvc)["spec"]
-    api = FakeCustomObjects()
-    assert d.apply_inference_service(isvc, "staging", api=api) == "created staging/gtsrb-classifier"
-    assert api.calls[-1][1]["metadata"]["namespace"] == "staging"
-
-
-def test_wait_for_ready() -> None:
-    ready = {
-        "metadata": {"generation": 2, "resourceVersion": "7"},
-        "status": {
-            "observedGeneration": 2,
-            "url": "http://gtsrb-classifier.tsr.example.com",
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
-    }
-    assert d.wait_for_inference_service("gtsrb-classifier", "tsr", FakeCustomObjects(ready), timeout_s=1) == (
-        "http://gtsrb-classifier.tsr.example.com"
-    )
-    stale = {**ready, "status": {**ready["status"], "observedGeneration": 1}}
-    failing = {
-        "metadata": {"generation": 1},
-        "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "ImagePullBackOff"}]},
-    }
-    for obj in (stale, failing):
-        with pytest.raises(isvcs.DeployError, match="not Ready"):
-            d.wait_for_inference_service("gtsrb-classifier", "tsr", FakeCustomObjects(obj), timeout_s=0, poll_s=0)
-
-
 # ---- local mode: process management with a fake predictor ------------------------------------------
 FAKE_SERVER = """
 import argparse, http.server, os, signal, sys, time
@@ -528,7 +459,7 @@ def test_local_start_read_stop(tmp_path: Path, state: Path, fake: list[str]) -> 
     assert not _pid_running(pid)
     assert not (state / sproc.LOCAL_STATE_FILE).exists()
     assert sproc.stop_local_predictor(state) is False  # idempotent, no error
-    with pytest.raises(isvcs.DeployError, match="no local predictor"):
+    with pytest.raises(sproc.PredictorProcessError, match="no local predictor"):
         sproc.read_local_predictor(state)
 
 
@@ -546,7 +477,7 @@ def test_local_early_exit_raises_with_the_log(tmp_path: Path, state: Path, fake:
 
 
 def test_local_timeout_stops_the_process(tmp_path: Path, state: Path, fake: list[str]) -> None:
-    with pytest.raises(isvcs.DeployError, match="not ready within"):
+    with pytest.raises(sproc.PredictorProcessError, match="not ready within"):
         sproc.start_local_predictor(str(tmp_path / "never-ready"), "gtsrb-classifier", state, timeout_s=1, command=fake)
     assert not (state / sproc.LOCAL_STATE_FILE).exists()
 

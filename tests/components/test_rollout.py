@@ -107,7 +107,8 @@ def test_parse_toleration() -> None:
         "effect": "NoSchedule",
     }
     assert isvcs.parse_toleration("gpu") == {"key": "gpu", "operator": "Exists"}
-    assert isvcs.parse_toleration(":NoExecute") == {"operator": "Exists", "effect": "NoExecute"}
+    with pytest.raises(ValueError, match="taint key"):
+        isvcs.parse_toleration(":NoExecute")
 
 
 # ---- pure rollout helpers ------------------------------------------------------------------------------
@@ -405,16 +406,3 @@ def test_rollback_to_version_without_registry_changes_only_the_uri() -> None:
         r.rollback(NAME, NS, to_version="champion", api=api)
     with pytest.raises(ValueError, match="needs the registry"):
         r.rollback(NAME, NS, api=api, move_champion=True)
-
-
-# ---- the older one-shot paths still work against the simulator ----------------------------------------------
-def test_apply_replace_keeps_kserves_finalizer_and_wait_checks_canary_traffic() -> None:
-    api = FakeKServe()
-    assert d.apply_inference_service(isvc(V1, deployment_mode="Knative"), api=api) == f"created {NS}/{NAME}"
-    assert d.wait_for_inference_service(NAME, NS, api, timeout_s=2, poll_s=0) == f"http://{NAME}.{NS}.example.com"
-    canary = isvc(V2, deployment_mode="Knative", canary_traffic_percent=30)
-    assert d.apply_inference_service(canary, api=api) == f"replaced {NS}/{NAME}"
-    assert api.live(NAME)["metadata"]["finalizers"] == ["inferenceservice.finalizers"]
-    with pytest.raises(isvcs.DeployError, match="has 30% of traffic, expected 100%"):
-        d.wait_for_inference_service(NAME, NS, api, timeout_s=0.05, poll_s=0)
-    assert d.wait_for_inference_service(NAME, NS, api, timeout_s=2, poll_s=0, canary_percent=30)

@@ -40,7 +40,9 @@ from tsr.kube.inference_service import (
     STORAGE_URI_ENV,
     build_inference_service,
 )
+from tsr.kube.labels import ARCH_LABEL
 from tsr.kube.render import from_manifest_dict, to_manifest_dict
+from tsr.local import generate as gen
 from tsr.local.generate import MANIFEST_FILE
 
 MANIFESTS = REPO_ROOT / "manifests"
@@ -133,7 +135,7 @@ def all_built(built: dict[str, Docs]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 # ---- (1) generated files are current ----------------------------------------------------------------
 def test_regenerating_reproduces_the_committed_files(tmp_path: Path) -> None:
-    kz.write_all(tmp_path)
+    gen.write_all(tmp_path)
     fresh = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
     committed = generated_committed_files()
     stale = sorted(rel for rel in fresh if committed.get(rel) != fresh[rel])
@@ -146,20 +148,21 @@ def test_regenerating_reproduces_the_committed_files(tmp_path: Path) -> None:
 
 def test_cli_writes_the_same_files(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tsr.kube.kustomize", "--out", str(tmp_path)],
+        [sys.executable, "-m", "tsr.local.generate", "--out", str(tmp_path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*") if p.is_file()} == (
-        kz.render_all()
-    )
+    written = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+    # The one generator also writes inferenceservice.yaml, the same bytes as the committed copy.
+    assert written.pop(MANIFEST_FILE) == (MANIFESTS / MANIFEST_FILE).read_text()
+    assert written == gen.render_all()
 
 
 def test_generated_files_carry_the_header() -> None:
-    for rel, text in kz.render_all().items():
+    for rel, text in gen.render_all().items():
         assert text.startswith(f"# {kz.HEADER}\n"), rel
 
 
@@ -279,11 +282,11 @@ def test_overlays_differ_where_they_should(built: dict[str, Docs]) -> None:
     node = predictor[kz.ARM64]["affinity"]["nodeAffinity"]
     preferred = node["preferredDuringSchedulingIgnoredDuringExecution"]
     assert [p["preference"]["matchExpressions"] for p in preferred] == [
-        [{"key": kz.ARCH_LABEL, "operator": "In", "values": ["arm64"]}]
+        [{"key": ARCH_LABEL, "operator": "In", "values": ["arm64"]}]
     ]
     required = node["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert required == [{"matchExpressions": [{"key": kz.ARCH_LABEL, "operator": "In", "values": ["arm64", "amd64"]}]}]
-    toleration = {"key": kz.ARCH_LABEL, "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}
+    assert required == [{"matchExpressions": [{"key": ARCH_LABEL, "operator": "In", "values": ["arm64", "amd64"]}]}]
+    toleration = {"key": ARCH_LABEL, "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}
     assert toleration in predictor[kz.ARM64]["tolerations"]
     assert "affinity" not in predictor[kz.STANDARD] and "affinity" not in predictor[kz.KNATIVE]
 

@@ -39,7 +39,9 @@ from tsr.core.config import REPO_ROOT
 from tsr.core.processes import free_port
 from tsr.kube import kustomize as kz
 from tsr.kube.inference_service import DEFAULT_NAMESPACE
+from tsr.kube.labels import NAMESPACE_NAME_LABEL
 from tsr.kube.monitoring.alerts import AlertConfig, alert_rules
+from tsr.local import generate as gen
 
 RETRAIN = REPO_ROOT / "manifests" / kz.RETRAIN_DIR
 Docs = list[dict[str, Any]]
@@ -217,7 +219,7 @@ def test_the_receiver_is_opt_in() -> None:
 def test_hand_written_readme_is_left_alone(tmp_path: Path) -> None:
     readme = RETRAIN / rm.README
     assert readme.is_file() and f"{kz.RETRAIN_DIR}/{rm.README}" in kz.HAND_WRITTEN
-    assert f"{kz.RETRAIN_DIR}/{rm.README}" not in kz.render_all()
+    assert f"{kz.RETRAIN_DIR}/{rm.README}" not in gen.render_all()
     assert not readme.read_text().startswith(f"# {kz.HEADER}")
 
 
@@ -387,14 +389,14 @@ def test_network_policy_admits_only_the_port_from_the_monitoring_namespace(built
     (rule,) = policy["ingress"]
     assert rule["ports"] == [{"port": rm.HTTP_PORT, "protocol": "TCP"}]
     monitoring = rm.RetrainConfig().monitoring_namespace
-    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {rm.NAMESPACE_NAME_LABEL: monitoring}}}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: monitoring}}}]
 
 
 def test_monitoring_namespace_is_configurable() -> None:
     files = rm.render_retrain(kz.KustomizeConfig(), rm.RetrainConfig(monitoring_namespace="observability"))
     policy = yaml.safe_load(files["networkpolicy.yaml"])
     selector = policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]
-    assert selector == {"matchLabels": {rm.NAMESPACE_NAME_LABEL: "observability"}}
+    assert selector == {"matchLabels": {NAMESPACE_NAME_LABEL: "observability"}}
 
 
 def test_service_reaches_the_container_port(built: Docs) -> None:

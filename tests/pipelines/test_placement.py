@@ -21,9 +21,11 @@ from pipelines.training_pipeline import (
     STEPS,
     Placement,
     StepResources,
-    Toleration,
     build_pipeline,
 )
+from tsr.kube.inference_service import InferenceServiceSpec, example_model_uri
+from tsr.kube.placement import Toleration, parse_toleration
+from tsr.kube.render import to_manifest_dict
 
 STORE_STEPS = ("ingest", "evaluate", "register", "deploy")  # the steps that talk to MinIO
 
@@ -183,3 +185,38 @@ def test_toleration_parse(text: str, expected: Toleration) -> None:
 def test_invalid_placement_is_refused(make: Any) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+@pytest.mark.parametrize(
+    "text", ["arch=arm64:NoSchedule", "gpu:NoExecute", "team=ml", "spot", "kubernetes.io/arch=arm64:PreferNoSchedule"]
+)
+def test_toleration_round_trips_through_kubectl_syntax_and_manifest_form(text: str) -> None:
+    toleration = Toleration.parse(text)
+    assert str(toleration) == text and Toleration.parse(str(toleration)) == toleration
+    assert Toleration.from_mapping(toleration.to_dict()) == toleration
+    assert to_manifest_dict(toleration.to_k8s()) == toleration.to_dict() == parse_toleration(text)
+
+
+def test_an_empty_taint_key_is_refused_by_pipeline_and_serving_alike() -> None:
+    """Kubernetes reads an empty key with operator Exists as "tolerate every taint" (of that effect): not
+    offered, whether it comes as kubectl syntax, as V1Toleration fields or inside an InferenceServiceSpec."""
+    for make in (
+        lambda: Toleration.parse(":NoExecute"),
+        lambda: parse_toleration(":NoExecute"),
+        lambda: Toleration.from_mapping({"operator": "Exists", "effect": "NoExecute"}),
+        lambda: InferenceServiceSpec(
+            name="m", namespace="tsr", storage_uri=example_model_uri(), tolerations=({"operator": "Exists"},)
+        ),
+    ):
+        with pytest.raises(ValueError, match="taint key"):
+            make()
+
+
+def test_toleration_seconds_only_with_no_execute_and_in_the_ir(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="NoExecute"):
+        Toleration("spot", effect="NoSchedule", operator="Exists", toleration_seconds=60)
+    evict_late = Toleration("spot", effect="NoExecute", operator="Exists", toleration_seconds=60)
+    ir = compiled(tmp_path, Placement().with_step("train", tolerations=(evict_late,)))
+    assert ir.k8s("train")["tolerations"] == [
+        {"key": "spot", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": "60"}
+    ]

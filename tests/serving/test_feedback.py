@@ -486,20 +486,20 @@ def test_tsr_serve_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     import contextlib
 
     import serving.server as server
-    import tsr.cli as cli
+    from tsr.cli import app, common
 
     seen: list[Any] = []
     monkeypatch.setattr(server, "serve", lambda cfg, store: seen.append((cfg, store)))
     store = StoreConfig(kind="dir", directory=tmp_path / "store")
-    monkeypatch.setattr(cli, "_store_session", lambda: contextlib.nullcontext(store))
+    monkeypatch.setattr(common, "_store_session", lambda: contextlib.nullcontext(store))
     model = make_model_dir(tmp_path / "model")
     env = {"TSR_STATE_DIR": str(tmp_path / "state")}
     flags = ["--feedback-uri", "s3://feedback/x", "--feedback-sample-rate", "0.5", "--feedback-retention-days", "3"]
-    result = CliRunner().invoke(cli.app, ["serve", "--model", str(model), *flags], env=env)
+    result = CliRunner().invoke(app, ["serve", "--model", str(model), *flags], env=env)
     assert result.exit_code == 0, result.output
     cfg, used = seen.pop()
     assert cfg.feedback == FeedbackConfig("s3://feedback/x", 0.5, retention_days=3) and used == store
-    result = CliRunner().invoke(cli.app, ["serve", "--model", str(model)], env=env)
+    result = CliRunner().invoke(app, ["serve", "--model", str(model)], env=env)
     assert result.exit_code == 0, result.output
     cfg, used = seen.pop()
     assert cfg.feedback is None and used is None  # off by default; a directory model needs no store then
@@ -508,7 +508,7 @@ def test_tsr_serve_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         (["--feedback-uri", "s3://feedback"], "'--feedback-uri'"),
         (["--feedback-max-per-minute", "5"], "'--feedback-max-per-minute'"),
     ):
-        result = CliRunner().invoke(cli.app, ["serve", "--model", str(model), *bad], env=env)
+        result = CliRunner().invoke(app, ["serve", "--model", str(model), *bad], env=env)
         assert result.exit_code == 2 and option in result.output, result.output
     assert seen == []
 

@@ -1,6 +1,6 @@
 """Bad input to the `tsr` command: one clear line, the documented exit code, nothing started or written.
 
-Exit codes (tsr.cli.EXIT_CODES_HELP): 2 for a usage error (a bad option or argument value, refused
+Exit codes (tsr.cli.common.EXIT_CODES_HELP): 2 for a usage error (a bad option or argument value, refused
 before any work), 1 for a runtime failure (the arguments were fine, the data or the registry was not).
 Most cases run in-process with typer's CliRunner, with the functions that would start a store, a
 server, the pipeline or a rollout replaced by recorders: a usage error must reach none of them. A
@@ -67,9 +67,9 @@ class Sandbox:
 def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     import pipelines.local_run as local_run
     import serving.server as server
-    import tsr.cli as cli
     import tsr.kube.rollout as rollout
     import tsr.local.demo as demo
+    from tsr.cli import common
 
     (tmp_path / "a-file").write_text("not a directory\n")
     (tmp_path / "data").mkdir()
@@ -83,7 +83,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
         "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
     }
     box = Sandbox(tmp_path, env)
-    real_session = cli._store_session
+    real_session = common._store_session
 
     def recorder(name: str) -> Any:
         def record(*args: Any, **kwargs: Any) -> Any:
@@ -96,7 +96,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
         box.started.append("store")
         return real_session()
 
-    monkeypatch.setattr(cli, "_store_session", store_session)
+    monkeypatch.setattr(common, "_store_session", store_session)
     monkeypatch.setattr(server, "serve", recorder("server"))
     monkeypatch.setattr(local_run, "run_local", recorder("pipeline"))
     monkeypatch.setattr(demo, "run_demo", recorder("demo"))
@@ -252,7 +252,7 @@ def test_deploy_combination_refused_by_the_rollout_is_a_usage_error(
 ) -> None:
     """A canary in Standard mode passes every single-option check; the real deploy_command refuses the
     combination before any API call, and the CLI reports it as a usage error too."""
-    monkeypatch.setattr("tsr.cli._store_session", lambda: pytest.fail("no registry is needed for an s3:// URI"))
+    monkeypatch.setattr("tsr.cli.common._store_session", lambda: pytest.fail("no registry is needed for an s3:// URI"))
     env = {"KUBECONFIG": str(tmp_path / "none"), "TSR_STATE_DIR": str(tmp_path / "state")}
     result = CliRunner().invoke(app, ["deploy", S3_URI, "--canary-percent", "10"], env=env)
     line = assert_one_line_error(result, 2, "needs deployment_mode 'Knative'")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tsr.core.config import ConfigError, explicit_store_config, store_config_from_env
+from tsr.core.config import ConfigError, explicit_store_config, state_dir, store_config_from_env
 
 
 def test_environment_wins_and_strips_the_scheme() -> None:
@@ -39,3 +39,18 @@ def test_nothing_in_the_environment_means_no_explicit_store() -> None:
 def test_directory_store(tmp_path: Path) -> None:
     cfg = store_config_from_env({"TSR_STORE_DIR": str(tmp_path)})
     assert cfg is not None and cfg.kind == "dir" and cfg.directory == tmp_path
+
+
+def test_state_dir_from_the_environment(tmp_path: Path) -> None:
+    env = {"TSR_STATE_DIR": str(tmp_path / "s"), "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    assert state_dir(env) == tmp_path / "s"
+
+
+def test_state_dir_defaults_to_the_xdg_state_directory(tmp_path: Path) -> None:
+    """Never the checkout: installed from a wheel, the package's location says nothing about where state goes."""
+    assert state_dir({"XDG_STATE_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path)}) == tmp_path / "xdg" / "tsr"
+    assert state_dir({"HOME": str(tmp_path)}) == tmp_path / ".local" / "state" / "tsr"
+    # an empty or relative XDG_STATE_HOME is invalid (XDG Base Directory spec) and ignored
+    for xdg in ("", "relative/state"):
+        assert state_dir({"XDG_STATE_HOME": xdg, "HOME": str(tmp_path)}) == tmp_path / ".local" / "state" / "tsr"
+    assert state_dir({"TSR_STATE_DIR": "", "HOME": str(tmp_path)}) == tmp_path / ".local" / "state" / "tsr"

@@ -14,7 +14,8 @@ import pytest
 from rich.console import Console
 
 from tests.conftest import ARCHIVE
-from tsr.local.demo import RULES_FILE, copy_report, prometheus_query, start_prometheus
+from tsr.local.demo import copy_report, prometheus_query, start_prometheus
+from tsr.local.loop import write_rules_file
 from tsr.local.prometheus_server import (
     LocalPrometheus,
     PrometheusConfig,
@@ -105,7 +106,9 @@ def test_demo_runs_end_to_end_and_leaves_the_store_usable(
 
 def test_demo_without_prometheus_says_so_in_one_line(tmp_path: Path) -> None:
     buffer = io.StringIO()
-    server = start_prometheus(tmp_path / "prometheus", "http://127.0.0.1:1", None, RULES_FILE, Console(file=buffer))
+    server = start_prometheus(
+        tmp_path / "prometheus", "http://127.0.0.1:1", None, write_rules_file(tmp_path / "rules"), Console(file=buffer)
+    )
     assert server is None
     lines = buffer.getvalue().strip().splitlines()
     assert len(lines) == 1 and "Prometheus not installed" in lines[0] and "make prometheus" in lines[0], lines

@@ -5,9 +5,12 @@ Resolution order (first match wins):
      TSR_S3_REGION), or TSR_STORE_DIR for a plain directory store;
   2. a TOML config file: $TSR_CONFIG, else ~/.config/tsr/config.toml, with a [store] table
      holding the same fields (endpoint, access_key, secret_key, secure, region, dir);
-  3. the embedded default: a MinIO server under the project's state folder, started on
+  3. the embedded default: a MinIO server under the state directory (state_dir()), started on
      demand on 127.0.0.1 with generated credentials (see tsr.local.minio_server).
 In a cluster the environment variables come from a Kubernetes Secret, never from arguments.
+
+Nothing here depends on where the package sits: installed from a wheel, it works the same as
+from a checkout. REPO_ROOT is for development tooling only (tsr.local, benchmarks, tests).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 
 DEFAULT_BUCKET = "models"
 DATA_BUCKET = "datasets"
+# The checkout this module was imported from: meaningful only for development tooling (tsr.local,
+# benchmarks, tests), never used by the library itself (installed, it points into site-packages).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ENV_ENDPOINT = "TSR_S3_ENDPOINT"
@@ -30,6 +35,7 @@ ENV_REGION = "TSR_S3_REGION"
 ENV_STORE_DIR = "TSR_STORE_DIR"
 ENV_CONFIG = "TSR_CONFIG"
 ENV_STATE_DIR = "TSR_STATE_DIR"
+ENV_XDG_STATE_HOME = "XDG_STATE_HOME"
 
 
 class ConfigError(ValueError):
@@ -136,9 +142,19 @@ def config_file_path(environ: Mapping[str, str]) -> Path:
 
 
 def state_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Project-local state (embedded MinIO data, caches, demo output); git-ignored."""
+    """Local state (embedded MinIO data, caches, the local predictor's record, demo output).
+
+    $TSR_STATE_DIR, else the XDG state directory: $XDG_STATE_HOME/tsr, by default ~/.local/state/tsr.
+    `make demo` and the other Makefile targets export TSR_STATE_DIR=<checkout>/.state (git-ignored).
+    """
     environ = os.environ if environ is None else environ
-    return Path(environ.get(ENV_STATE_DIR) or REPO_ROOT / ".state").resolve()
+    if environ.get(ENV_STATE_DIR):
+        return Path(environ[ENV_STATE_DIR]).expanduser().resolve()
+    xdg = Path(environ.get(ENV_XDG_STATE_HOME) or "").expanduser()
+    if not xdg.is_absolute():  # unset, empty or relative: the XDG spec says to ignore a relative one
+        home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+        xdg = home / ".local" / "state"
+    return (xdg / "tsr").resolve()
 
 
 def explicit_store_config(environ: Mapping[str, str] | None = None) -> StoreConfig | None:

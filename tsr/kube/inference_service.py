@@ -25,6 +25,15 @@ from kubernetes import client as k8s
 from tsr.core.config import ENV_STATE_DIR
 from tsr.core.registry import CHAMPION, DEFAULT_MODEL_NAME, check_name
 from tsr.core.store import split_s3_uri
+from tsr.kube.labels import ARCH_LABEL, OS_LABEL, PART_OF
+from tsr.kube.placement import (
+    Toleration,
+    arch_placement_affinity,
+    as_toleration,
+    check_arch,
+    check_arch_placement,
+)
+from tsr.kube.placement import parse_toleration as parse_toleration  # re-exported for tsr.kube.rollout
 
 DEFAULT_NAMESPACE = "tsr"
 
@@ -115,27 +124,9 @@ _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 
 
-_PART_OF = {"app.kubernetes.io/part-of": "tsr-platform"}
-
-
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-
-
-ARCH_LABEL = "kubernetes.io/arch"
-
-
-ARCH_PLACEMENTS = ("required", "preferred")
-
-
 # Which metrics KServe's autoscalers understand per mode: Knative's KPA scales on requests in flight or
 # per second; Standard mode's HPA on resource utilisation (percent of the request).
 SCALE_METRICS = {"Knative": ("concurrency", "rps"), "Standard": ("cpu", "memory")}
-
-
-TOLERATION_OPERATORS = ("Equal", "Exists")
-
-
-TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 class DeployError(RuntimeError):
@@ -182,7 +173,7 @@ class InferenceServiceSpec:
     memory_limit: str = "2Gi"
     deployment_mode: str = "Standard"  # "Standard" | "Knative" (legacy RawDeployment / Serverless accepted)
     canary_traffic_percent: int | None = None  # Knative only: share of traffic for the new revision
-    node_selector: dict[str, str] = field(default_factory=lambda: {"kubernetes.io/os": "linux"})
+    node_selector: dict[str, str] = field(default_factory=lambda: {OS_LABEL: "linux"})
     enable_prometheus_scraping: bool = True
     http_port: int = DEFAULT_HTTP_PORT
     torch_threads: int | None = None  # None: derived from cpu_limit
@@ -191,7 +182,8 @@ class InferenceServiceSpec:
     scale_metric: str | None = None  # Knative: concurrency | rps; Standard: cpu | memory (SCALE_METRICS)
     arch: tuple[str, ...] = ()  # kubernetes.io/arch values the image runs on (amd64, arm64, ...); () = any
     arch_placement: str = "required"  # required: only those nodes; preferred: those first, others allowed
-    tolerations: tuple[Mapping[str, Any], ...] = ()  # V1Toleration fields: key, operator, value, effect
+    # Toleration objects, or dicts of V1Toleration fields (key, operator, value, effect, tolerationSeconds)
+    tolerations: tuple[Toleration | Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         self.deployment_mode = LEGACY_DEPLOYMENT_MODES.get(self.deployment_mode, self.deployment_mode)
@@ -233,7 +225,7 @@ class InferenceServiceSpec:
 
     def _check_scaling_and_placement(self) -> None:
         """Refuse what KServe would accept but not act on: a metric the mode's autoscaler ignores,
-        an arch constraint stated twice, a toleration the scheduler cannot parse."""
+        an arch constraint stated twice, a toleration against tsr.kube.placement's rules."""
         if self.scale_target is not None and self.scale_target < 1:
             raise ValueError("scale_target must be >= 1")
         if self.scale_metric is not None and self.scale_metric not in SCALE_METRICS[self.deployment_mode]:
@@ -245,29 +237,11 @@ class InferenceServiceSpec:
             self.arch = (self.arch,)
         self.arch = tuple(self.arch)
         for value in self.arch:
-            if not value or not _LABEL_VALUE.match(value):
-                raise ValueError(f"arch {value!r} is not a label value (amd64, arm64, ...)")
-        if self.arch_placement not in ARCH_PLACEMENTS:
-            raise ValueError(f"arch_placement must be one of {ARCH_PLACEMENTS}, got {self.arch_placement!r}")
+            check_arch(value)
+        check_arch_placement(self.arch_placement)
         if self.arch and ARCH_LABEL in self.node_selector:
             raise ValueError(f"give the architecture either as arch or as node_selector[{ARCH_LABEL!r}], not both")
-        self.tolerations = tuple(dict(t) for t in self.tolerations)
-        for toleration in self.tolerations:
-            unknown = set(toleration) - {"key", "operator", "value", "effect", "tolerationSeconds"}
-            if unknown:
-                raise ValueError(f"toleration {toleration}: unknown fields {sorted(unknown)}")
-            operator = toleration.get("operator", "Equal")
-            if operator not in TOLERATION_OPERATORS:
-                raise ValueError(f"toleration {toleration}: operator must be one of {TOLERATION_OPERATORS}")
-            if operator == "Exists" and toleration.get("value"):
-                raise ValueError(f"toleration {toleration}: operator Exists takes no value")
-            if operator == "Equal" and not toleration.get("key"):
-                raise ValueError(f"toleration {toleration}: operator Equal needs a key")
-            effect = toleration.get("effect")
-            if effect and effect not in TOLERATION_EFFECTS:
-                raise ValueError(f"toleration {toleration}: effect must be one of {TOLERATION_EFFECTS}")
-            if toleration.get("tolerationSeconds") is not None and effect != "NoExecute":
-                raise ValueError(f"toleration {toleration}: tolerationSeconds only applies to effect NoExecute")
+        self.tolerations = tuple(as_toleration(t) for t in self.tolerations)
 
     @property
     def threads(self) -> int:
@@ -285,66 +259,15 @@ def isvc_name(model_name: str) -> str:
 
 def _labels(spec: InferenceServiceSpec) -> dict[str, str]:
     return {
-        **_PART_OF,
+        **PART_OF,
         "app.kubernetes.io/name": "tsr-predictor",
         "app.kubernetes.io/component": "predictor",
         "app.kubernetes.io/instance": spec.name,
     }
 
 
-def parse_toleration(text: str) -> dict[str, Any]:
-    """A toleration dict from kubectl's taint syntax, `key[=value][:effect]`, for the CLI.
-
-    `dedicated=ml:NoSchedule` tolerates that taint exactly; `gpu:NoSchedule` tolerates
-    any value of key `gpu` with that effect (operator Exists); `:NoExecute` alone tolerates every
-    NoExecute taint. The result is validated when an InferenceServiceSpec is built from it.
-    """
-    key_value, _, effect = text.partition(":")
-    key, sep, value = key_value.partition("=")
-    toleration: dict[str, Any] = {"key": key} if key else {}
-    if sep:
-        toleration.update(operator="Equal", value=value)
-    else:
-        toleration["operator"] = "Exists"
-    if effect:
-        toleration["effect"] = effect
-    return toleration
-
-
-def _affinity(spec: InferenceServiceSpec) -> k8s.V1Affinity | None:
-    """Node affinity on kubernetes.io/arch: affinity, not nodeSelector, because it takes several
-    values (a multi-arch image) and can be a preference that still lets pods land elsewhere."""
-    if not spec.arch:
-        return None
-    term = k8s.V1NodeSelectorTerm(
-        match_expressions=[k8s.V1NodeSelectorRequirement(key=ARCH_LABEL, operator="In", values=list(spec.arch))]
-    )
-    if spec.arch_placement == "required":
-        node_affinity = k8s.V1NodeAffinity(
-            required_during_scheduling_ignored_during_execution=k8s.V1NodeSelector(node_selector_terms=[term])
-        )
-    else:
-        node_affinity = k8s.V1NodeAffinity(
-            preferred_during_scheduling_ignored_during_execution=[
-                k8s.V1PreferredSchedulingTerm(weight=100, preference=term)
-            ]
-        )
-    return k8s.V1Affinity(node_affinity=node_affinity)
-
-
 def _tolerations(spec: InferenceServiceSpec) -> list[k8s.V1Toleration] | None:
-    if not spec.tolerations:
-        return None
-    return [
-        k8s.V1Toleration(
-            key=t.get("key"),
-            operator=t.get("operator", "Equal"),
-            value=t.get("value"),
-            effect=t.get("effect"),
-            toleration_seconds=t.get("tolerationSeconds"),
-        )
-        for t in spec.tolerations
-    ]
+    return [as_toleration(t).to_k8s() for t in spec.tolerations] or None
 
 
 def restricted_pod_security() -> k8s.V1PodSecurityContext:
@@ -435,7 +358,7 @@ def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceServi
         scale_target=spec.scale_target,
         scale_metric=spec.scale_metric,
         node_selector=dict(spec.node_selector) or None,
-        affinity=_affinity(spec),
+        affinity=arch_placement_affinity(spec.arch, spec.arch_placement),
         tolerations=_tolerations(spec),
         security_context=restricted_pod_security(),  # fs_group: the storage-initializer's /mnt/models stays readable
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=spec.tmp_size_limit))],
@@ -457,7 +380,7 @@ def build_service_account(
     return k8s.V1ServiceAccount(
         api_version="v1",
         kind="ServiceAccount",
-        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels=dict(_PART_OF)),
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels=dict(PART_OF)),
         secrets=[k8s.V1ObjectReference(name=secret_name)],
         automount_service_account_token=False,
     )
@@ -498,9 +421,7 @@ def build_s3_secret(
         api_version="v1",
         kind="Secret",
         type="Opaque",
-        metadata=k8s.V1ObjectMeta(
-            name=secret_name, namespace=namespace, labels=dict(_PART_OF), annotations=annotations
-        ),
+        metadata=k8s.V1ObjectMeta(name=secret_name, namespace=namespace, labels=dict(PART_OF), annotations=annotations),
         string_data={S3_ACCESS_KEY_ID: access_key, S3_SECRET_ACCESS_KEY: secret_key},
     )
 

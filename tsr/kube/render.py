@@ -49,11 +49,63 @@ def from_manifest_dict(data: Mapping[str, Any], type_name: str = "V1beta1Inferen
     return _from_json(dict(data), type_name)
 
 
-def render_yaml(objs: Sequence[Any], header: str = "") -> str:
-    """Multi-document YAML, byte-identical for identical objects (sorted keys, fixed layout)."""
-    comment = "".join(f"# {line}\n".replace("# \n", "#\n") for line in header.splitlines())
-    docs = [
-        "---\n" + yaml.safe_dump(to_manifest_dict(o), sort_keys=True, default_flow_style=False, width=1000)
-        for o in objs
-    ]
-    return comment + "".join(docs)
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line strings (a dashboard's JSON, a compiled pipeline, params.json in a
+    ConfigMap) as `|` blocks, readable in review, and every other string as PyYAML would."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def comment(header: str | Sequence[str]) -> str:
+    """`# line` per line of `header` (a string or its lines); an empty line becomes a bare `#`."""
+    lines = header.splitlines() if isinstance(header, str) else header
+    return "".join(f"# {line}\n" if line else "#\n" for line in lines)
+
+
+def _plain(doc: Any) -> Any:
+    """Plain data (mappings, lists) as is, an SDK object (kserve/kubernetes model) in its manifest form."""
+    if isinstance(doc, Mapping):
+        return dict(doc)
+    if isinstance(doc, list | tuple):
+        return list(doc)
+    return to_manifest_dict(doc)
+
+
+def dump_documents(
+    docs: Sequence[Any],
+    header: str | Sequence[str] = (),
+    *,
+    separators: bool = True,
+    sort_keys: bool = True,
+) -> str:
+    """The one YAML writer of every generated file: documents under a `# header` comment.
+
+    Each document is plain data or an SDK object (`to_manifest_dict`). The layout is fixed (block
+    style, no line wrapping, multi-line strings as `|` blocks, UTF-8 text as is), so identical input
+    gives identical bytes. `separators=False` leaves out the `---` lines (kustomization.yaml: `kustomize
+    edit` has choked on them); `sort_keys=False` keeps the keys in the order given (kustomization files
+    and patches read better with apiVersion/kind first, and code builds them in a fixed order).
+    """
+    body = "".join(
+        ("---\n" if separators else "")
+        + yaml.dump(
+            _plain(doc),
+            Dumper=_Dumper,
+            sort_keys=sort_keys,
+            default_flow_style=False,
+            width=1000,
+            allow_unicode=True,
+        )
+        for doc in docs
+    )
+    return comment(header) + body
+
+
+def render_yaml(objs: Sequence[Any], header: str | Sequence[str] = "") -> str:
+    """Multi-document YAML of SDK objects, byte-identical for identical objects (sorted keys, fixed layout)."""
+    return dump_documents(objs, header)

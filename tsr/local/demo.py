@@ -30,6 +30,7 @@ from tsr.core.config import REPO_ROOT, state_dir
 from tsr.core.dataset import split_by_group
 from tsr.core.registry import DEFAULT_MODEL_NAME, Registry
 from tsr.core.sources import list_source
+from tsr.local.loop import write_rules_file
 from tsr.local.prometheus_server import (
     INSTALL_HINT,
     LocalPrometheus,
@@ -40,7 +41,6 @@ from tsr.local.prometheus_server import (
 )
 
 SHARED_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "gtsrb-train-32.tar.gz"
-RULES_FILE = REPO_ROOT / "manifests" / "monitoring" / "tsr-rules.yaml"
 PROMETHEUS_JOB = "tsr-predictor"
 PROMETHEUS_SCRAPE_INTERVAL = "2s"
 
@@ -264,7 +264,11 @@ def run_demo(
                 endpoint = read_local_predictor(state)
                 summary["endpoint"] = endpoint["url"]
                 prometheus = start_prometheus(
-                    state / "prometheus", endpoint["url"], find_prometheus_binary(), RULES_FILE, err
+                    state / "prometheus",
+                    endpoint["url"],
+                    find_prometheus_binary(),
+                    write_rules_file(state / "prometheus"),
+                    err,
                 )
                 try:
                     images = sample_requests(source, cfg)

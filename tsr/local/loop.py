@@ -30,11 +30,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tsr.core.config import REPO_ROOT, StoreConfig
+from tsr.core.config import StoreConfig
 from tsr.core.processes import free_port
 from tsr.core.registry import CHAMPION, DEFAULT_MODEL_NAME, Registry
 
-RULES_FILE = REPO_ROOT / "manifests" / "monitoring" / "tsr-rules.yaml"
 DRIFT_ALERT = "TSRInputDrift"
 
 
@@ -139,6 +138,19 @@ def drift_rule() -> Any:
 
     (rule,) = [r for r in alert_rules(AlertConfig()) if r.name == DRIFT_ALERT]
     return rule
+
+
+def write_rules_file(directory: Path) -> Path:
+    """The Prometheus rules file (`tsr-rules.yaml`) written into `directory`, rendered from
+    `tsr.kube.monitoring` exactly as `make monitoring` writes manifests/monitoring/tsr-rules.yaml
+    (the tests hold the committed copy to the same bytes); needs no checkout, so an installed `tsr loop` works."""
+    from tsr.kube.monitoring.alerts import RULES_FILE
+    from tsr.kube.monitoring.generate import render_all
+
+    path = directory / RULES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_all()[RULES_FILE])
+    return path
 
 
 def alertmanager_payload(rule: Any, model_name: str, value: float) -> dict[str, Any]:
@@ -257,7 +269,7 @@ def run_loop(
                     targets=[urllib.parse.urlsplit(url).netloc],
                     job_name="tsr-predictor",
                     scrape_interval="1s",
-                    rule_files=[RULES_FILE],
+                    rule_files=[write_rules_file(state / "prometheus")],
                 ),
                 binary,
             )

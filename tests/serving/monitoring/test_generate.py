@@ -23,9 +23,10 @@ from tsr.kube.inference_service import (
     example_model_uri,
     isvc_name,
 )
+from tsr.kube.labels import ISVC_POD_LABEL
 from tsr.kube.monitoring.alerts import AlertConfig
 from tsr.kube.monitoring.generate import HEADER, render_all, write_all
-from tsr.kube.monitoring.scrape import ISVC_POD_LABEL, ScrapeConfig, pod_monitor, service_monitor
+from tsr.kube.monitoring.scrape import ScrapeConfig, pod_monitor, service_monitor
 
 MONITORING = REPO_ROOT / "manifests" / "monitoring"
 HAND_WRITTEN = {"README.md"}
@@ -83,7 +84,7 @@ def _kserve_labels(isvc: Any) -> dict[str, str]:
 def test_cli_regenerates_the_committed_files(tmp_path: Path) -> None:
     out = tmp_path / "monitoring"
     result = subprocess.run(
-        [sys.executable, "-m", "serving.monitoring", "--out", str(out)],
+        [sys.executable, "-m", "tsr.kube.monitoring", "--out", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,7 @@
-"""`python -m tsr.kube.monitoring [--out DIR]`: regenerate manifests/monitoring from the Python sources."""
+"""`python -m tsr.kube.monitoring --out DIR`: write the monitoring manifests from the Python sources.
+
+`make monitoring` writes them into the checkout's manifests/monitoring.
+"""
 
 from __future__ import annotations
 

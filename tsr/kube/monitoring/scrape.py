@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tsr.kube.labels import ISVC_POD_LABEL, PART_OF
+
 DASHBOARD_FILE = "grafana-dashboard.json"
-PART_OF = {"app.kubernetes.io/part-of": "tsr-platform"}
-ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"  # added by KServe to every component object
 
 
 def _predictor_labels() -> dict[str, str]:
