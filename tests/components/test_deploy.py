@@ -484,13 +484,13 @@ def test_local_timeout_stops_the_process(tmp_path: Path, state: Path, fake: list
 
 def test_stop_falls_back_to_sigkill(state: Path, fake: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[int] = []
-    real_signal = d.send_signal_to_group
+    real_signal = sproc.send_signal_to_group
 
     def recording(pid: int, sig: signal.Signals) -> None:
         sent.append(sig)
         real_signal(pid, sig)
 
-    monkeypatch.setattr(d, "send_signal_to_group", recording)
+    monkeypatch.setattr(sproc, "send_signal_to_group", recording)
     proc = subprocess.Popen(
         [*fake, "--model", "stubborn", "--model-name", "m"], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
