@@ -1,4 +1,5 @@
-"""The README's cluster section, command by command, as a platform engineer copies it.
+"""The cluster section of docs/cluster.md (linked from the README), command by command, as a platform
+engineer copies it.
 
 Each command of its code block runs here as written, with the reader's own values in place of the
 `<placeholders>`, against what can run on these machines: `make -n images` (no Docker engine),
@@ -6,7 +7,7 @@ Each command of its code block runs here as written, with the reader's own value
 compiler, the real `kfp.Client` against the loopback KFP API (tests/pipelines/kfp_fake.py) for
 submit/schedule, and `tsr deploy/promote/rollback` up to the point where they need an API server
 (their arguments must be accepted: exit 1 "no cluster", never 2). kubectl/curl lines are checked
-for the names they use. A command the test does not know fails it, so the README cannot grow an
+for the names they use. A command the test does not know fails it, so the document cannot grow an
 unchecked step, and what one step produces (service account, bucket, image) is what the next uses.
 """
 
@@ -33,7 +34,7 @@ from tsr.core.registry import DEFAULT_MODEL_NAME
 from tsr.core.store import open_store
 from tsr.kube.inference_service import isvc_name
 
-README = REPO_ROOT / "README.md"
+CLUSTER_DOC = REPO_ROOT / "docs" / "cluster.md"
 VERSION = "20261123-140501-3fa2c1"
 # What a reader writes in place of each placeholder.
 PLACEHOLDERS = {
@@ -44,7 +45,7 @@ PLACEHOLDERS = {
 
 def cluster_commands() -> list[list[str]]:
     """The section's bash block as argument lists: continuations joined, comments dropped."""
-    text = README.read_text()
+    text = CLUSTER_DOC.read_text()
     section = text[text.index("## Cluster: Kubeflow Pipelines + KServe") :]
     start = section.index("```bash\n") + len("```bash\n")
     block = section[start : section.index("```", start)].replace("\\\n", " ")
@@ -52,7 +53,7 @@ def cluster_commands() -> list[list[str]]:
     for line in block.splitlines():
         for placeholder, value in PLACEHOLDERS.items():
             line = line.replace(placeholder, value)
-        assert not re.search(r"<[a-z][^>]*>", line), f"README placeholder the test does not know: {line}"
+        assert not re.search(r"<[a-z][^>]*>", line), f"docs/cluster.md placeholder the test does not know: {line}"
         words = shlex.split(line.rstrip(" &"), comments=True)
         if words:
             commands.append(words)
@@ -60,6 +61,7 @@ def cluster_commands() -> list[list[str]]:
 
 
 def test_the_block_is_what_this_test_walks() -> None:
+    assert "(docs/cluster.md)" in (REPO_ROOT / "README.md").read_text(), "the README must link the cluster path"
     heads = [" ".join(c[:3]) for c in cluster_commands()]
     assert heads[:2] == ["make images REGISTRY=ghcr.io/you", "helm install tsr-platform"], heads
     assert any(h.startswith(".venv/bin/tsr pipeline submit") for h in heads)
@@ -175,7 +177,7 @@ def test_every_command_of_the_cluster_section_works_as_written(
                 assert result.exit_code == 1, result.output
                 assert "cluster" in result.output.lower() or "kube" in result.output.lower(), result.output
             else:
-                pytest.fail(f"README cluster step not checked by this test: {line}")
+                pytest.fail(f"docs/cluster.md cluster step not checked by this test: {line}")
             handled += 1
     assert handled == len(cluster_commands()) >= 12
     assert "tsr-s3-credentials" in state["secrets"]
