@@ -5,7 +5,7 @@
 - Every rendered object of a core/apps/batch/rbac/networking/policy API group is validated strictly against
   the Kubernetes 1.30 OpenAPI schema (kubernetes-validate).
 - The InferenceService round-trips through the kserve SDK models and equals, field by field, what
-  components/deploy/deploy.py builds for the same inputs; the Secrets and the predictor's ServiceAccount
+  tsr/kube/inference_service.py builds for the same inputs; the Secrets and the predictor's ServiceAccount
   equal deploy.py's builders; the monitoring objects equal the generated manifests/monitoring ones.
 - Security of every workload, credentials only in Secrets, least-privilege RBAC, NetworkPolicies.
 - Golden files: `helm template` output for three value sets (explicit test credentials) equals

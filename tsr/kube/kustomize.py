@@ -65,8 +65,8 @@ OVERLAYS = (STANDARD, KNATIVE, ARM64)
 # ServiceAccount, Role and RoleBinding of pipeline runs (their deploy step); the Helm chart's
 # serviceAccounts.pipelineRunner.name default, so both install paths give runs the same identity.
 PIPELINE_RUNNER = "tsr-pipeline-runner"
-# What deploy.apply_inference_service and wait_for_inference_service need (get, create, replace =
-# update), plus list/watch/patch for kubectl-style rollouts by the same identity; nothing else.
+# What the rollout engine (tsr/kube/rollout.py: read, create, merge-patch, watch; its status comes with the
+# object) needs, plus update for kubectl-style rollouts by the same identity; nothing else.
 DEPLOYER_VERBS = ("get", "list", "watch", "create", "update", "patch")
 DEPLOYER_RESOURCES = ("inferenceservices",)
 RBAC_GROUP = "rbac.authorization.k8s.io"

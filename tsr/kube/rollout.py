@@ -1,6 +1,6 @@
 """Rollout of an InferenceService: create-or-patch, wait for Ready, roll back on failure, canary, promote.
 
-`deploy.py` builds the object; this module decides how it reaches a cluster that already serves
+`tsr.kube.inference_service` builds the object; this module decides how it reaches a cluster that already serves
 an older version:
 
 * Updates are JSON merge patches (RFC 7386) carrying the resourceVersion we read, so fields and

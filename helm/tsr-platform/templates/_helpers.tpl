@@ -51,7 +51,7 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
-{{/* Labels of the predictor, the same as components/deploy/deploy.py _labels() (the monitors select them). */}}
+{{/* Labels of the predictor, the same as tsr/kube/inference_service.py _labels() (the monitors select them). */}}
 {{- define "tsr.predictorLabels" -}}
 app.kubernetes.io/part-of: tsr-platform
 app.kubernetes.io/name: tsr-predictor

@@ -1,6 +1,6 @@
 """Scrape objects for prometheus-operator clusters, and the dashboard as a Grafana-sidecar ConfigMap.
 
-What they select follows what KServe does with our InferenceService (components/deploy/deploy.py):
+What they select follows what KServe does with our InferenceService (tsr/kube/inference_service.py):
 KServe copies the InferenceService's labels onto the predictor's Deployment, pods and (Standard mode)
 Service, and adds `serving.kserve.io/inferenceservice: <name>` and `component: predictor`. The
 predictor serves /metrics on its HTTP port (8080), which deploy.py names `http1`; in Standard mode the
