@@ -15,10 +15,10 @@ KUSTOMIZE_VERSION ?= v5.8.1
 CRDS := $(CURDIR)/.tools/crds
 KSERVE_CRD_VERSION ?= v0.20.0
 PROM_OPERATOR_VERSION ?= v0.93.1
-DEMO_EPOCHS ?= 18
-DEMO_TRACKS ?= 0
-DEMO_BATCH ?= 256
-DEMO_MIN_ACCURACY ?= 0.95
+# `make demo` options, e.g. `make demo DEMO_EPOCHS=4 DEMO_TRACKS=10 DEMO_BATCH=128 DEMO_MIN_ACCURACY=0.5`: each one
+# set is passed to `tsr demo`; unset, the demo's own defaults apply (TrainConfig, GateConfig: one place each).
+DEMO_ARGS = $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS)) $(if $(DEMO_TRACKS),--max-groups-per-class $(DEMO_TRACKS)) \
+  $(if $(DEMO_BATCH),--batch-size $(DEMO_BATCH)) $(if $(DEMO_MIN_ACCURACY),--min-accuracy $(DEMO_MIN_ACCURACY))
 COMPONENT_IMAGE ?= ghcr.io/tsr-platform/tsr-components:0.1.0
 # `make images`: multi-arch component + predictor images (docs/images.md). PYTHON_IMAGE is an exact
 # tag; the target resolves it to its digest so every platform is built on the same base.
@@ -108,8 +108,7 @@ crds: $(CRDS)/.stamp-$(KSERVE_CRD_VERSION)-$(PROM_OPERATOR_VERSION)
 tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOOLS)/dockerfile-check $(TOOLS)/kube-crd-apiserver crds prometheus
 
 demo: venv $(TOOLS)/minio prometheus
-	TSR_STATE_DIR=$(CURDIR)/.state $(VENV)/bin/tsr demo --epochs $(DEMO_EPOCHS) --max-groups-per-class $(DEMO_TRACKS) \
-	  --batch-size $(DEMO_BATCH) --min-accuracy $(DEMO_MIN_ACCURACY)
+	TSR_STATE_DIR=$(CURDIR)/.state $(VENV)/bin/tsr demo $(strip $(DEMO_ARGS))
 
 test: venv tools lint typecheck
 	@command -v promtool >/dev/null || { echo "promtool not found: see 'make prometheus'"; exit 1; }

@@ -8,6 +8,7 @@ retries, caching) is a typed `Placement`, applied through kfp-kubernetes and the
 so it lands in the compiled IR and is reviewed like code.
 """
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -17,17 +18,23 @@ from kfp.dsl import HTML, Artifact, Markdown
 
 from components.deploy.component import deploy_component
 from components.evaluate.component import evaluate_component
+from components.evaluate.config import GateConfig
 from components.factory import DEFAULT_COMPONENT_IMAGE, Packaging, kfp_component
 from components.ingest.component import ingest_component
 from components.optimize.component import optimize_component
 from components.register.component import register_component
 from components.train.component import train_component
+from components.train.config import TrainConfig
+from tsr.core.registry import DEFAULT_MODEL_NAME
 from tsr.kube.inference_service import PIPELINE_S3_SECRET as S3_SECRET
 from tsr.kube.inference_service import PIPELINE_S3_SECRET_ENV as S3_SECRET_ENV
 from tsr.kube.labels import OS_LABEL
 from tsr.kube.placement import PREFERRED_WEIGHT, Toleration, arch_expression, check_arch
+from tsr.kube.spec import DEFAULT_NAMESPACE, DEFAULT_PREDICTOR_IMAGE, READY_TIMEOUT_S, InferenceServiceSpec
 
 PIPELINE_NAME = "tsr-training"
+# The deploy step's own defaults: its spellings of "unset" for the Kubeflow UI ("" / 0 / -1) and its mode.
+_DEPLOY_STEP = {name: p.default for name, p in inspect.signature(deploy_component).parameters.items()}
 STEPS = ("ingest", "train", "evaluate", "register", "deploy")
 # Steps that run only when a pipeline parameter asks for them (`optimize`); placed like the others.
 OPTIONAL_STEPS = ("optimize",)
@@ -206,43 +213,46 @@ def build_pipeline(
     def placed(task: Any, name: str) -> Any:
         return apply_placement(task, name, placement, kubernetes_platform=use_k8s_secret)
 
+    # The parameters' defaults are the typed configs' (TrainConfig, GateConfig, InferenceServiceSpec) and, for
+    # the deploy step's "unset" spellings, that step's: a pipeline function is evaluated, never serialized, so
+    # they reach the compiled IR as the values they name.
     @dsl.pipeline(name=PIPELINE_NAME, description="GTSRB traffic-sign classifier: data to served model")
     def training_pipeline(
         data_source: str,
-        model_name: str = "gtsrb-classifier",
+        model_name: str = DEFAULT_MODEL_NAME,
         layout: str = "auto",
         val_fraction: float = 0.2,
         max_groups_per_class: int = 0,
         download: bool = False,
-        seed: int = 0,
-        arch: str = "tsrnet",
-        epochs: int = 18,
-        batch_size: int = 256,
-        lr: float = 0.2,
-        threads: int = 0,
-        min_accuracy: float = 0.95,
-        champion_tolerance: float = 0.005,
+        seed: int = TrainConfig.seed,
+        arch: str = TrainConfig.arch,
+        epochs: int = TrainConfig.epochs,
+        batch_size: int = TrainConfig.batch_size,
+        lr: float = TrainConfig.lr,
+        threads: int = TrainConfig.threads,
+        min_accuracy: float = GateConfig.min_accuracy,
+        champion_tolerance: float = GateConfig.champion_tolerance,
         test_data: str = "",
-        deploy_mode: str = "cluster",
-        namespace: str = "tsr",
-        predictor_image: str = "ghcr.io/tsr-platform/tsr-predictor:0.1.0",
+        deploy_mode: str = _DEPLOY_STEP["mode"],
+        namespace: str = DEFAULT_NAMESPACE,
+        predictor_image: str = DEFAULT_PREDICTOR_IMAGE,
         # How the InferenceService serves (deploy_mode=cluster/manifest); the deploy step's parameters,
         # "" / 0 = KServe's default, -1 = no canary, lists comma-separated (components/deploy/README.md).
-        deployment_mode: str = "Standard",
-        canary_traffic_percent: int = -1,
-        serving_service_account: str = "tsr-predictor",
-        serving_min_replicas: int = 1,
-        serving_max_replicas: int = 3,
-        serving_scale_metric: str = "",
-        serving_scale_target: int = 0,
-        serving_arch: str = "",
-        serving_arch_placement: str = "required",
-        serving_tolerations: str = "",
-        serving_cpu_request: str = "500m",
-        serving_cpu_limit: str = "2",
-        serving_memory_request: str = "1Gi",
-        serving_memory_limit: str = "2Gi",
-        deploy_timeout_s: float = 600.0,
+        deployment_mode: str = InferenceServiceSpec.deployment_mode,
+        canary_traffic_percent: int = _DEPLOY_STEP["canary_traffic_percent"],
+        serving_service_account: str = InferenceServiceSpec.service_account,
+        serving_min_replicas: int = InferenceServiceSpec.min_replicas,
+        serving_max_replicas: int = InferenceServiceSpec.max_replicas,
+        serving_scale_metric: str = _DEPLOY_STEP["scale_metric"],
+        serving_scale_target: int = _DEPLOY_STEP["scale_target"],
+        serving_arch: str = _DEPLOY_STEP["arch"],
+        serving_arch_placement: str = InferenceServiceSpec.arch_placement,
+        serving_tolerations: str = _DEPLOY_STEP["tolerations"],
+        serving_cpu_request: str = InferenceServiceSpec.cpu_request,
+        serving_cpu_limit: str = InferenceServiceSpec.cpu_limit,
+        serving_memory_request: str = InferenceServiceSpec.memory_request,
+        serving_memory_limit: str = InferenceServiceSpec.memory_limit,
+        deploy_timeout_s: float = READY_TIMEOUT_S,
         run_id: str = "",
         optimize: str = "",
     ) -> PipelineOutputs:

@@ -6,48 +6,81 @@ import argparse
 import sys
 from pathlib import Path
 
+from serving.config import FeedbackConfig, ServeConfig, feedback_config
+from tsr.core.validation import InvalidParameter
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The flags, with ServeConfig's defaults (serving/config.py imports neither torch nor kserve)."""
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--model", required=True, help="s3://models/<name>/<version> | champion | latest | directory")
-    parser.add_argument("--model-name", default="gtsrb-classifier", help="name in the URL and in the registry")
-    parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--grpc-port", type=int, default=None, help="enable gRPC on this port (off by default)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    parser.add_argument("--model-name", default=ServeConfig.model_name, help="name in the URL and in the registry")
+    parser.add_argument("--http-port", type=int, default=ServeConfig.http_port)
+    parser.add_argument(
+        "--grpc-port", type=int, default=ServeConfig.grpc_port, help="enable gRPC on this port (off by default)"
+    )
+    parser.add_argument("--threads", type=int, default=ServeConfig.threads, help="torch threads (0 = all cores)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where registry downloads are kept")
-    parser.add_argument("--max-batch", type=int, default=256, help="images in one request")
-    parser.add_argument("--max-pixels", type=int, default=4_000_000, help="pixels in one image")
-    parser.add_argument("--max-image-bytes", type=int, default=16 * 1024 * 1024, help="encoded bytes of one image")
-    parser.add_argument("--max-request-bytes", type=int, default=64 * 1024 * 1024, help="bytes in one HTTP body")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (1 = no batching)")
-    parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="extra wait for a fuller batch")
+    parser.add_argument("--max-batch", type=int, default=ServeConfig.max_batch, help="images in one request")
+    parser.add_argument("--max-pixels", type=int, default=ServeConfig.max_pixels, help="pixels in one image")
     parser.add_argument(
-        "--reload-interval", type=float, default=0.0, help="seconds between registry alias checks (0 = off)"
-    )
-    parser.add_argument("--drift-window", type=int, default=1000, help="images in the rolling drift window")
-    parser.add_argument("--top-k", type=int, default=3, help="ranked classes in every answer (capped at the classes)")
-    parser.add_argument(
-        "--load-retries", type=int, default=5, help="first load: retries while the store is unreachable (0 = none)"
+        "--max-image-bytes", type=int, default=ServeConfig.max_image_bytes, help="encoded bytes of one image"
     )
     parser.add_argument(
-        "--load-backoff", type=float, default=1.0, help="seconds before the first load retry, doubled each time"
+        "--max-request-bytes", type=int, default=ServeConfig.max_request_bytes, help="bytes in one HTTP body"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=ServeConfig.batch_size, help="images per forward pass (1 = no batching)"
+    )
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=ServeConfig.batch_wait_ms, help="extra wait for a fuller batch"
+    )
+    parser.add_argument(
+        "--reload-interval",
+        type=float,
+        default=ServeConfig.reload_interval_s,
+        help="seconds between registry alias checks (0 = off)",
+    )
+    parser.add_argument(
+        "--drift-window", type=int, default=ServeConfig.drift_window, help="images in the rolling drift window"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=ServeConfig.top_k, help="ranked classes in every answer (capped at the classes)"
+    )
+    parser.add_argument(
+        "--load-retries",
+        type=int,
+        default=ServeConfig.load_retries,
+        help="first load: retries while the store is unreachable (0 = none)",
+    )
+    parser.add_argument(
+        "--load-backoff",
+        type=float,
+        default=ServeConfig.load_backoff_s,
+        help="seconds before the first load retry, doubled each time",
     )
     feedback = parser.add_argument_group("feedback data (off unless --feedback-uri is given; serving/README.md)")
     feedback.add_argument("--feedback-uri", default=None, help="log sampled inputs + predictions to s3://bucket/prefix")
     feedback.add_argument(
-        "--feedback-sample-rate", type=float, default=None, help="share of images logged, in (0, 1] (default 0.05)"
+        "--feedback-sample-rate",
+        type=float,
+        default=None,
+        help=f"share of images logged, in (0, 1] (default {FeedbackConfig.sample_rate})",
     )
     feedback.add_argument(
-        "--feedback-max-per-minute", type=int, default=None, help="most images logged a minute (default 600)"
+        "--feedback-max-per-minute",
+        type=int,
+        default=None,
+        help=f"most images logged a minute (default {FeedbackConfig.max_per_minute})",
     )
     feedback.add_argument(
-        "--feedback-retention-days", type=int, default=None, help="days until logged data expires (default 14)"
+        "--feedback-retention-days",
+        type=int,
+        default=None,
+        help=f"days until logged data expires (default {FeedbackConfig.retention_days})",
     )
     args = parser.parse_args(argv)
     # Checked here so a bad value is a usage error (exit 2) naming the flag, before anything starts.
-    from serving.feedback import feedback_config
-    from tsr.core.validation import InvalidParameter
-
     try:
         args.feedback = feedback_config(
             args.feedback_uri, args.feedback_sample_rate, args.feedback_max_per_minute, args.feedback_retention_days
@@ -62,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported late so a bad flag is reported before torch and the model are loaded.
-    from serving.server import ServeConfig, serve
+    from serving.server import serve
     from tsr.core.config import explicit_store_config
     from tsr.core.registry import RegistryError, parse_model_spec
     from tsr.core.store import StoreError
@@ -81,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_wait_ms=args.batch_wait_ms,
         reload_interval_s=args.reload_interval,
         drift_window=args.drift_window,
-        drift_min_images=min(100, args.drift_window),
+        drift_min_images=min(ServeConfig.drift_min_images, args.drift_window),
         top_k=args.top_k,
         load_retries=args.load_retries,
         load_backoff_s=args.load_backoff,

@@ -20,17 +20,9 @@ from typing import Generic, TypeVar
 
 import torch
 
+from serving.config import BatchingConfig
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class BatchingConfig:
-    max_batch_size: int = 32  # images per forward pass; a larger request still runs, alone
-    max_wait_s: float = 0.002  # extra wait for a fuller batch once the first request is in
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_wait_s < 0:
-            raise ValueError(f"batching needs max_batch_size >= 1 and max_wait_s >= 0, got {self}")
 
 
 @dataclass

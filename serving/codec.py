@@ -13,7 +13,6 @@ import binascii
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+from serving.config import CodecLimits
 from tsr.core.preprocessing import (
     ImageDecodeError,
     decode_image,
@@ -41,19 +41,6 @@ class Rejected(InvalidInput):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.category = reason
-
-
-@dataclass(frozen=True)
-class CodecLimits:
-    """Bounds on one request, so a single client cannot exhaust the predictor's memory."""
-
-    max_batch: int = 256
-    max_pixels: int = 4_000_000
-    max_image_bytes: int = 16 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_pixels < 1 or self.max_image_bytes < 1:
-            raise ValueError(f"codec limits must be positive, got {self}")
 
 
 def _check_batch(count: int, where: str, limits: CodecLimits) -> None:

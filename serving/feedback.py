@@ -38,10 +38,11 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from serving.config import FeedbackConfig
+from serving.config import feedback_config as feedback_config  # re-exported: the CLIs build it from flags
 from serving.monitoring.metrics import FEEDBACK_DROP_REASONS, PredictorMetrics
 from tsr.core.config import StoreConfig
 from tsr.core.store import ObjectStore, S3Store, open_store
-from tsr.core.validation import InvalidParameter, check_range, check_s3_uri
 
 if TYPE_CHECKING:
     import torch
@@ -53,68 +54,6 @@ TOP_K = 3
 ERROR_LOG_INTERVAL_S = 60.0  # upload failures: one log line per minute at most, all counted
 RATE_WINDOW_S = 60.0
 RULE_ID_PREFIX = "tsr-feedback-"
-
-
-@dataclass(frozen=True)
-class FeedbackConfig:
-    """Where and how much to log; `--feedback-*` flags map onto these."""
-
-    uri: str  # s3://bucket/prefix; the lifecycle rule expires everything under the prefix
-    sample_rate: float = 0.05  # share of images stored, in (0, 1]
-    max_per_minute: int = 600  # at most this many stored in any 60 s; more are dropped (rate_limited)
-    queue_size: int = 256  # images waiting for upload; more are dropped (queue_full)
-    retention_days: int = 14  # lifecycle rule: objects under the prefix expire after this many days
-    flush_timeout_s: float = 5.0  # on shutdown, how long queued images may still take to upload
-
-    def __post_init__(self) -> None:
-        """Refuse values that can never work; `InvalidParameter` names the field."""
-        _, prefix = check_s3_uri("uri", self.uri)
-        if not prefix:
-            # The lifecycle rule would cover the whole bucket and expire everything in it.
-            raise InvalidParameter("uri", f"{self.uri!r} needs a prefix (s3://bucket/prefix) of its own")
-        if not math.isfinite(self.sample_rate):
-            raise InvalidParameter("sample_rate", f"must be in (0, 1], got {self.sample_rate}")
-        check_range("sample_rate", self.sample_rate, low=0.0, high=1.0, low_open=True)
-        for name in ("max_per_minute", "queue_size", "retention_days"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise InvalidParameter(name, f"must be a whole number, got {value!r}")
-            check_range(name, value, low=1)
-        if not math.isfinite(self.flush_timeout_s):
-            raise InvalidParameter("flush_timeout_s", f"must be >= 0, got {self.flush_timeout_s}")
-        check_range("flush_timeout_s", self.flush_timeout_s, low=0.0)
-
-    @property
-    def bucket(self) -> str:
-        return check_s3_uri("uri", self.uri)[0]
-
-    @property
-    def prefix(self) -> str:
-        """The object prefix without slashes at either end."""
-        return check_s3_uri("uri", self.uri)[1]
-
-
-def feedback_config(
-    uri: str | None,
-    sample_rate: float | None = None,
-    max_per_minute: int | None = None,
-    retention_days: int | None = None,
-) -> FeedbackConfig | None:
-    """The config from CLI flags (None = not given): None without a URI, and a flag without one is refused."""
-    given = {
-        name: value
-        for name, value in (
-            ("sample_rate", sample_rate),
-            ("max_per_minute", max_per_minute),
-            ("retention_days", retention_days),
-        )
-        if value is not None
-    }
-    if uri is None:
-        if given:
-            raise InvalidParameter(next(iter(given)), "needs --feedback-uri (feedback logging is off without it)")
-        return None
-    return FeedbackConfig(uri, **given)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,13 @@ from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from torch import nn
 
-from serving.batcher import BatchingConfig, DynamicBatcher
-from serving.codec import CodecLimits, Rejected, decode_raw_image, decode_v1, decode_v2
-from serving.feedback import FeedbackConfig, FeedbackLogger
+from serving.batcher import DynamicBatcher
+from serving.codec import Rejected, decode_raw_image, decode_v1, decode_v2
+from serving.config import TOP_K, PredictorOptions, default_cache_dir
+from serving.feedback import FeedbackLogger
 from serving.guard import note_rejection
 from serving.monitoring.metrics import CHANNELS, PredictorMetrics, default_metrics
-from tsr.core.config import StoreConfig, state_dir
+from tsr.core.config import StoreConfig
 from tsr.core.drift import DriftMonitor, InputReference
 from tsr.core.models import ModelConfig, load_model_dir
 from tsr.core.preprocessing import resize_uint8, to_model_input
@@ -44,15 +45,10 @@ from tsr.core.store import StoreError
 
 log = logging.getLogger(__name__)
 
-TOP_K = 3
 # Bodies up to this size are decoded on the event loop; a 64 KiB body is at most a few ms of work.
 INLINE_DECODE_BYTES = 64 * 1024
 # V1 bodies with these content types are one encoded image, not JSON.
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
-
-
-def default_cache_dir() -> Path:
-    return state_dir() / "cache" / "models"
 
 
 @dataclass(frozen=True)
@@ -62,36 +58,6 @@ class ModelSource:
     spec: str
     store: StoreConfig | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
-
-
-@dataclass(frozen=True)
-class PredictorOptions:
-    """How the predictor runs; `tsr serve` / `python -m serving` flags map onto these one to one."""
-
-    limits: CodecLimits = field(default_factory=CodecLimits)
-    batching: BatchingConfig = field(default_factory=BatchingConfig)
-    threads: int = 0  # torch intra-op threads; 0 = every core this process may use
-    reload_interval_s: float = 0.0  # poll the registry alias this often; 0 = only on POST .../load
-    drift_window: int = 1000  # images in the rolling drift window
-    drift_min_images: int = 100  # PSI is NaN until the window holds this many
-    top_k: int = TOP_K  # ranked classes in every answer (V1 top_k, V2 top_k_* outputs); capped at the class count
-    feedback: FeedbackConfig | None = None  # store sampled inputs + predictions (serving/feedback.py); off by default
-    # The first load, when the store is unreachable (MinIO still starting, a network blip): this many
-    # more attempts, waiting load_backoff_s, then twice that, ... (at most load_backoff_max_s) in between.
-    # Other failures (no such version, checksum mismatch) are not retried. 5 retries wait 1+2+4+8+16 s.
-    load_retries: int = 5
-    load_backoff_s: float = 1.0
-    load_backoff_max_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.load_retries < 0 or self.load_backoff_s < 0 or self.load_backoff_max_s < 0:
-            raise ValueError("load_retries, load_backoff_s and load_backoff_max_s must be >= 0")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-
-    def load_waits(self) -> list[float]:
-        """The waits before each retry: exponential, capped, `load_retries` of them."""
-        return [min(self.load_backoff_s * 2**i, self.load_backoff_max_s) for i in range(self.load_retries)]
 
 
 @dataclass(frozen=True)

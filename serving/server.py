@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -31,59 +29,14 @@ from kserve.model_repository import ModelRepository
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 
-from serving.batcher import BatchingConfig
-from serving.codec import CodecLimits
-from serving.feedback import FeedbackConfig
+from serving.config import ServeConfig
 from serving.guard import RequestGuard, validation_error_handler
 from serving.monitoring.metrics import PredictorMetrics, default_metrics
-from serving.predictor import ModelSource, PredictorOptions, TSRPredictor, default_cache_dir
+from serving.predictor import ModelSource, TSRPredictor
 from tsr.core.config import StoreConfig
-from tsr.core.registry import DEFAULT_MODEL_NAME
 
 # kserve's default gRPC port, used only when gRPC is switched on without a port.
 _UNUSED_GRPC_PORT = 8081
-
-
-@dataclass
-class ServeConfig:
-    """Everything `serve` needs; the CLI and `python -m serving` both build one of these."""
-
-    model: str
-    model_name: str = DEFAULT_MODEL_NAME
-    http_port: int = 8080
-    grpc_port: int | None = None  # None: gRPC disabled
-    threads: int = 0  # torch intra-op threads; 0 = every core this process may use
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    max_batch: int = 256  # images in one request
-    max_pixels: int = 4_000_000  # pixels in one image (checked before it is decoded)
-    max_image_bytes: int = 16 * 1024 * 1024  # encoded bytes of one image
-    max_request_bytes: int = 64 * 1024 * 1024  # one HTTP body (checked before it is parsed)
-    batch_size: int = 32  # images per forward pass when requests are batched; 1 = no batching
-    batch_wait_ms: float = 2.0  # extra wait for a fuller batch
-    reload_interval_s: float = 0.0  # poll the registry alias; 0 = reload only on request
-    drift_window: int = 1000
-    drift_min_images: int = 100
-    top_k: int = 3  # ranked classes in every answer
-    load_retries: int = 5  # first load: retries while the store is unreachable; 0 = exit at the first failure
-    load_backoff_s: float = 1.0  # wait before the first retry, doubled each time (capped at 30 s)
-    feedback: FeedbackConfig | None = None  # log sampled inputs + predictions to s3:// (off by default)
-
-    def limits(self) -> CodecLimits:
-        return CodecLimits(max_batch=self.max_batch, max_pixels=self.max_pixels, max_image_bytes=self.max_image_bytes)
-
-    def options(self) -> PredictorOptions:
-        return PredictorOptions(
-            limits=self.limits(),
-            batching=BatchingConfig(max_batch_size=self.batch_size, max_wait_s=self.batch_wait_ms / 1000),
-            threads=self.threads,
-            reload_interval_s=self.reload_interval_s,
-            drift_window=self.drift_window,
-            drift_min_images=self.drift_min_images,
-            top_k=self.top_k,
-            load_retries=self.load_retries,
-            load_backoff_s=self.load_backoff_s,
-            feedback=self.feedback,
-        )
 
 
 def build_predictor(cfg: ServeConfig, store: StoreConfig | None) -> TSRPredictor:

@@ -2,7 +2,8 @@
 
 The serving parameters are the ones `tsr deploy` takes, as scalars a person can type into the
 Kubeflow UI: "" or 0 means KServe's default, -1 no canary, lists are comma-separated. Their
-defaults equal `InferenceServiceSpec`'s (a test keeps them so).
+defaults equal `InferenceServiceSpec`'s; they are literals because kfp.local packages this function by
+its source, and tests/test_defaults.py holds them to the spec.
 """
 
 from kfp.dsl import Artifact, Output

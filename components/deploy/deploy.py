@@ -32,6 +32,7 @@ from tsr.kube.inference_service import (
 from tsr.kube.placement import parse_toleration
 from tsr.kube.render import render_yaml
 from tsr.kube.rollout import rollout_inference_service
+from tsr.kube.spec import READY_TIMEOUT_S
 
 MODES = ("none", "manifest", "cluster", "local")
 
@@ -57,11 +58,11 @@ def deploy(
     namespace: str = DEFAULT_NAMESPACE,
     predictor_image: str = DEFAULT_PREDICTOR_IMAGE,
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
-    deployment_mode: str = "Standard",
+    deployment_mode: str = InferenceServiceSpec.deployment_mode,
     canary_traffic_percent: int | None = None,
     manifest_path: Path | None = None,
     kube_config: str | None = None,
-    cluster_ready_timeout_s: float = 600.0,
+    cluster_ready_timeout_s: float = READY_TIMEOUT_S,
     state_dir: Path | None = None,
     store: StoreConfig | None = None,
     port: int | None = None,

@@ -1,4 +1,8 @@
-"""KFP wrapper for evaluation and the gate: metrics, confusion matrix, HTML report, Markdown summary, pass/fail."""
+"""KFP wrapper for evaluation and the gate: metrics, confusion matrix, HTML report, Markdown summary, pass/fail.
+
+The gate's defaults are `GateConfig`'s (components/evaluate/config.py), written as literals because kfp.local
+packages this function by its source; tests/test_defaults.py holds them to it.
+"""
 
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 

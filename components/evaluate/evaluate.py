@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from components.evaluate.config import GateConfig
 from tsr.core.dataset import Split
 from tsr.core.preprocessing import PreprocessConfig, to_model_input
 
@@ -37,13 +38,6 @@ class EvalMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    min_accuracy: float = 0.95
-    # A challenger may trail the champion by at most this much (absolute accuracy) and still pass.
-    champion_tolerance: float = 0.005
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""KFP wrapper for training: Dataset in, Model and per-epoch Metrics out."""
+"""KFP wrapper for training: Dataset in, Model and per-epoch Metrics out.
+
+The defaults are `TrainConfig`'s (components/train/config.py), written as literals because kfp.local
+packages this function by its source; tests/test_defaults.py holds them to it.
+"""
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 

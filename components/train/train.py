@@ -20,50 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.train.config import TrainConfig
 from tsr.core.dataset import Split
 from tsr.core.drift import build_reference
-from tsr.core.models import DEFAULT_ARCH, ModelConfig, build_model, is_known_arch, save_model_dir
-from tsr.core.preprocessing import CONTRAST_MODES, PreprocessConfig, channel_stats, prepare, standardize
-from tsr.core.validation import InvalidParameter, check_choice, check_range
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    arch: str = DEFAULT_ARCH
-    width: int = 16
-    epochs: int = 18
-    batch_size: int = 256
-    lr: float = 0.2
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    seed: int = 0
-    threads: int = 0  # 0 = every core torch sees
-    contrast: str = "equalize"
-    augment: bool = True
-    rotate_deg: float = 15.0
-    scale: float = 0.15
-    translate: float = 0.12
-    erase: float = 0.5  # probability of blanking a random square (cutout) in each image
-    export_program: bool = True
-
-    def __post_init__(self) -> None:
-        """Refuse values that can never train before any data is loaded (`InvalidParameter` names the field)."""
-        if not is_known_arch(self.arch):
-            raise InvalidParameter(
-                "arch", f"unknown architecture {self.arch!r}: use {DEFAULT_ARCH!r} or a torchvision.models classifier"
-            )
-        check_range("width", self.width, low=1)
-        check_range("epochs", self.epochs, low=1)
-        check_range("batch_size", self.batch_size, low=2)  # BatchNorm needs two samples per batch
-        check_range("lr", self.lr, low=0.0, high=10.0, low_open=True, high_open=True)
-        check_range("weight_decay", self.weight_decay, low=0.0)
-        check_range("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
-        check_range("seed", self.seed, low=0)
-        check_range("threads", self.threads, low=0)
-        check_choice("contrast", self.contrast, sorted(CONTRAST_MODES))
-        for name in ("rotate_deg", "scale", "translate"):
-            check_range(name, getattr(self, name), low=0.0)
-        check_range("erase", self.erase, low=0.0, high=1.0)
+from tsr.core.models import ModelConfig, build_model, save_model_dir
+from tsr.core.preprocessing import PreprocessConfig, channel_stats, prepare, standardize
 
 
 @dataclass

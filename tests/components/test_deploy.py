@@ -233,47 +233,19 @@ def test_none_and_manifest_modes(tmp_path: Path) -> None:
 
 
 # ---- the KFP step's serving parameters --------------------------------------------------------------
-def test_step_defaults_equal_the_spec_defaults() -> None:
-    """The deploy step's defaults (what a run gets when nobody sets them) are InferenceServiceSpec's."""
+# (Their defaults against InferenceServiceSpec's: tests/test_defaults.py.)
+def _options(**changes: Any) -> dict[str, Any]:
+    """`pipeline_serving_options` of the deploy step's defaults, with `changes`."""
     import inspect
 
     from components.deploy.component import deploy_component
 
-    defaults = {k: v.default for k, v in inspect.signature(deploy_component).parameters.items()}
-    base = spec()
-    assert defaults["predictor_image"] == isvcs.DEFAULT_PREDICTOR_IMAGE == base.image
-    assert defaults["service_account"] == base.service_account
-    assert defaults["deployment_mode"] == base.deployment_mode
-    assert defaults["canary_traffic_percent"] == -1 and base.canary_traffic_percent is None
-    for name in ("min_replicas", "max_replicas", "arch_placement", "cpu_request", "cpu_limit"):
-        assert defaults[name] == getattr(base, name), name
-    assert (defaults["memory_request"], defaults["memory_limit"]) == (base.memory_request, base.memory_limit)
-    assert defaults["scale_metric"] == "" and base.scale_metric is None
-    assert defaults["scale_target"] == 0 and base.scale_target is None
-    assert defaults["arch"] == "" and base.arch == ()
-    assert defaults["tolerations"] == "" and base.tolerations == ()
-
-
-def _options(**changes: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "min_replicas": 1,
-        "max_replicas": 3,
-        "scale_metric": "",
-        "scale_target": 0,
-        "arch": "",
-        "arch_placement": "required",
-        "tolerations": "",
-        "cpu_request": "500m",
-        "cpu_limit": "2",
-        "memory_request": "1Gi",
-        "memory_limit": "2Gi",
-        **changes,
-    }
-    return d.pipeline_serving_options(**values)
+    step = inspect.signature(deploy_component).parameters
+    names = inspect.signature(d.pipeline_serving_options).parameters
+    return d.pipeline_serving_options(**{name: step[name].default for name in names} | changes)
 
 
 def test_pipeline_serving_options_translate_the_ui_conventions() -> None:
-    assert spec(**_options()) == spec()  # all unset: exactly the spec's defaults
     options = _options(
         arch=" arm64, amd64 ,",
         arch_placement="preferred",

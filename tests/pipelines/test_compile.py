@@ -41,11 +41,11 @@ def test_compiled_pipeline_structure(tmp_path: Path) -> None:
 
 
 def test_serving_parameters_reach_the_deploy_step(tmp_path: Path) -> None:
-    """Every serving knob of `tsr deploy` is a run parameter wired to the deploy step, with the step's default."""
+    """Every serving knob of `tsr deploy` is a run parameter wired to the deploy step (both take their defaults
+    from InferenceServiceSpec: tests/test_defaults.py)."""
     spec = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
     params = spec["root"]["inputDefinitions"]["parameters"]
     deploy = spec["components"]["comp-condition-1"]["dag"]["tasks"]["deploy-component"]["inputs"]["parameters"]
-    step_inputs = spec["components"]["comp-deploy-component"]["inputDefinitions"]["parameters"]
     wiring = {
         "deployment_mode": "deployment_mode",
         "canary_traffic_percent": "canary_traffic_percent",
@@ -66,4 +66,4 @@ def test_serving_parameters_reach_the_deploy_step(tmp_path: Path) -> None:
     for step_input, run_param in wiring.items():
         source = deploy[step_input]["componentInputParameter"]
         assert source == f"pipelinechannel--{run_param}", step_input
-        assert params[run_param]["defaultValue"] == step_inputs[step_input]["defaultValue"], run_param
+        assert run_param in params, run_param

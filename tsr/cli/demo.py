@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from components.evaluate.config import GateConfig
+from components.train.config import TrainConfig
 from tsr.cli import common
 from tsr.cli.common import TYPER_SETTINGS, QuietOption, cli_errors, err, out, pipeline_output, progress
 from tsr.core.config import state_dir
@@ -38,14 +40,18 @@ def demo(
     data_dir: Annotated[
         Path | None, typer.Option(help="GTSRB root (else cached, the shared archive, or download)")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="training epochs (the default config uses 18)")] = 18,
+    epochs: Annotated[
+        int, typer.Option(min=1, help=f"training epochs (the default config uses {TrainConfig.epochs})")
+    ] = TrainConfig.epochs,
     max_groups_per_class: Annotated[
         int, typer.Option(min=0, help="tracks per class, 0 = all (quick runs use a few)")
     ] = 0,
     min_accuracy: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="gate floor; quick runs need a lower one")
-    ] = 0.95,
-    batch_size: Annotated[int, typer.Option(min=2, help="training batch size (smaller helps tiny quick runs)")] = 256,
+    ] = GateConfig.min_accuracy,
+    batch_size: Annotated[
+        int, typer.Option(min=2, help="training batch size (smaller helps tiny quick runs)")
+    ] = TrainConfig.batch_size,
     requests: Annotated[int, typer.Option(min=1, help="images sent to the endpoint")] = 8,
     as_json: Annotated[
         bool, typer.Option("--json", help="print only the summary JSON on stdout (no table, no progress bars)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,7 @@ from tsr.cli import common
 from tsr.cli.common import cli_errors, err, registry_ref
 from tsr.core.registry import DEFAULT_MODEL_NAME, Registry
 from tsr.core.validation import check_range, check_registry_name
+from tsr.kube.spec import DEFAULT_NAMESPACE, DEFAULT_PREDICTOR_IMAGE, READY_TIMEOUT_S, InferenceServiceSpec
 
 
 def _rollout_outcome(result: Any) -> None:
@@ -29,32 +30,35 @@ NamespaceArg = Annotated[str, typer.Option(help="namespace of the InferenceServi
 KubeConfigArg = Annotated[str, typer.Option(help="kubeconfig file (default: in-cluster, then ~/.kube/config)")]
 TimeoutArg = Annotated[float, typer.Option(help="seconds to wait for Ready (> 0)")]
 
-# The tsr.kube imports below are late: kserve and the kubernetes client take about 2 s to import.
+ArchPlacement = Literal["required", "preferred"]  # tsr.kube.placement.ARCH_PLACEMENTS
+DEFAULT_ARCH_PLACEMENT = cast(ArchPlacement, InferenceServiceSpec.arch_placement)
+
+# The defaults come from tsr.kube.spec, which imports neither SDK; the other tsr.kube imports below are
+# late: kserve and the kubernetes client take about 2 s to import.
 
 
 @cli_errors()
 def deploy_cmd(
     model: Annotated[str, typer.Argument(help="s3://models/<name>/<version>, a version id, champion or latest")],
     model_name: Annotated[str, typer.Option(help="registry model and InferenceService name")] = DEFAULT_MODEL_NAME,
-    namespace: NamespaceArg = "tsr",
+    namespace: NamespaceArg = DEFAULT_NAMESPACE,
     image: Annotated[str, typer.Option(help="predictor image")] = "",
-    deployment_mode: Annotated[str, typer.Option(help="Standard | Knative")] = "Standard",
+    deployment_mode: Annotated[str, typer.Option(help="Standard | Knative")] = InferenceServiceSpec.deployment_mode,
     canary_percent: Annotated[
         int | None, typer.Option(min=0, max=100, help="Knative: traffic share of the new version")
     ] = None,
-    min_replicas: Annotated[int, typer.Option(min=0)] = 1,
-    max_replicas: Annotated[int, typer.Option(min=1)] = 3,
+    min_replicas: Annotated[int, typer.Option(min=0)] = InferenceServiceSpec.min_replicas,
+    max_replicas: Annotated[int, typer.Option(min=1)] = InferenceServiceSpec.max_replicas,
     scale_target: Annotated[int | None, typer.Option(min=1, help="autoscaling target")] = None,
     scale_metric: Annotated[str | None, typer.Option(help="cpu|memory (Standard), concurrency|rps (Knative)")] = None,
     arch: Annotated[list[str] | None, typer.Option(help="kubernetes.io/arch values, e.g. --arch arm64")] = None,
-    arch_placement: Literal["required", "preferred"] = "required",
+    arch_placement: ArchPlacement = DEFAULT_ARCH_PLACEMENT,
     toleration: Annotated[list[str] | None, typer.Option(help="kubectl taint syntax, key=value:Effect")] = None,
-    timeout: TimeoutArg = 600.0,
+    timeout: TimeoutArg = READY_TIMEOUT_S,
     rollback_on_failure: Annotated[bool, typer.Option(help="restore the previous version if not Ready")] = True,
     kube_config: KubeConfigArg = "",
 ) -> None:
     """Create or patch the InferenceService, wait for Ready, roll back to the previous version on failure."""
-    from tsr.kube.inference_service import DEFAULT_PREDICTOR_IMAGE
     from tsr.kube.rollout import deploy_command
 
     registry_ref("model", model)
@@ -88,8 +92,8 @@ def deploy_cmd(
 @cli_errors()
 def promote(
     model_name: Annotated[str, typer.Argument(help="InferenceService / model name")] = DEFAULT_MODEL_NAME,
-    namespace: NamespaceArg = "tsr",
-    timeout: TimeoutArg = 600.0,
+    namespace: NamespaceArg = DEFAULT_NAMESPACE,
+    timeout: TimeoutArg = READY_TIMEOUT_S,
     kube_config: KubeConfigArg = "",
 ) -> None:
     """Knative canary -> 100 % of the traffic (Standard mode has no canary: says so, changes nothing)."""
@@ -105,10 +109,10 @@ def promote(
 @cli_errors()
 def rollback(
     model_name: Annotated[str, typer.Argument(help="InferenceService / model name")] = DEFAULT_MODEL_NAME,
-    namespace: NamespaceArg = "tsr",
+    namespace: NamespaceArg = DEFAULT_NAMESPACE,
     to_version: Annotated[str, typer.Option(help="a registry version (default: the previous deployment)")] = "",
     move_champion: Annotated[bool, typer.Option(help="also point the registry's champion at it")] = False,
-    timeout: TimeoutArg = 600.0,
+    timeout: TimeoutArg = READY_TIMEOUT_S,
     kube_config: KubeConfigArg = "",
 ) -> None:
     """Serve the previous (or a given) model version again, optionally moving the champion alias back."""

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from components.evaluate.config import GateConfig
+from components.train.config import TrainConfig
 from tsr.cli import common
 from tsr.cli.common import (
     TYPER_SETTINGS,
@@ -60,19 +62,23 @@ def pipeline_compile(
 @cli_errors(renames={"data_source": "data"})
 def pipeline_run_local(
     data: Annotated[str, typer.Option(help="GTSRB/ImageFolder directory or s3://bucket/prefix")],
-    epochs: Annotated[int, typer.Option(min=1)] = 18,
+    epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
     max_groups_per_class: Annotated[int, typer.Option(min=0, help="N tracks per class (0 = all)")] = 0,
     model_name: str = DEFAULT_MODEL_NAME,
-    min_accuracy: Annotated[float, typer.Option(min=0.0, max=1.0, help="gate: validation accuracy floor")] = 0.95,
+    min_accuracy: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="gate: validation accuracy floor")
+    ] = GateConfig.min_accuracy,
     deploy_mode: Literal["none", "manifest", "local"] = "manifest",
     test_data: Annotated[str, typer.Option(help="GTSRB root with a test split, also evaluated")] = "",
-    arch: Annotated[str, typer.Option(help="tsrnet or a torchvision.models classifier")] = "tsrnet",
-    batch_size: Annotated[int, typer.Option(min=2)] = 256,
-    lr: Annotated[float, typer.Option(help="peak learning rate, in (0, 10)")] = 0.2,
-    threads: Annotated[int, typer.Option(min=0, help="torch threads in the train step (0 = all cores)")] = 0,
+    arch: Annotated[str, typer.Option(help="tsrnet or a torchvision.models classifier")] = TrainConfig.arch,
+    batch_size: Annotated[int, typer.Option(min=2)] = TrainConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="peak learning rate, in (0, 10)")] = TrainConfig.lr,
+    threads: Annotated[
+        int, typer.Option(min=0, help="torch threads in the train step (0 = all cores)")
+    ] = TrainConfig.threads,
     val_fraction: Annotated[float, typer.Option(help="share of tracks held out, in (0, 1)")] = 0.2,
     layout: Literal["auto", "gtsrb", "imagefolder"] = "auto",
-    seed: Annotated[int, typer.Option(min=0)] = 0,
+    seed: Annotated[int, typer.Option(min=0)] = TrainConfig.seed,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from serving.config import FeedbackConfig, PredictorOptions, ServeConfig, feedback_config
 from tsr.cli import common
 from tsr.cli.common import JsonOption, QuietOption, cache_dir, cli_errors, err, fail, model_spec, out, progress
 from tsr.core.backend import main as backend_main
@@ -27,36 +28,58 @@ from tsr.local import ui
 )
 def serve(
     model: Annotated[str, typer.Option(help="s3://models/<name>/<version> | champion | latest | model directory")],
-    http_port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port for V1/V2 endpoints and /metrics")] = 8080,
+    http_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="HTTP port for V1/V2 endpoints and /metrics")
+    ] = ServeConfig.http_port,
     model_name: Annotated[
         str, typer.Option(help="name in the URL and, for champion/latest, in the registry")
-    ] = DEFAULT_MODEL_NAME,
-    threads: Annotated[int, typer.Option(min=0, help="torch threads (0 = all cores)")] = 0,
+    ] = ServeConfig.model_name,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads (0 = all cores)")] = ServeConfig.threads,
     grpc_port: Annotated[
         int | None, typer.Option(min=1, max=65535, help="also serve V2 over gRPC on this port")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="images per forward pass (1 = no batching)")] = 32,
-    batch_wait_ms: Annotated[float, typer.Option(min=0.0, help="extra wait for a fuller batch")] = 2.0,
-    reload_interval: Annotated[float, typer.Option(min=0.0, help="seconds between champion checks (0 = off)")] = 0.0,
-    top_k: Annotated[int, typer.Option(min=1, help="ranked classes in every answer (capped at the classes)")] = 3,
-    max_request_bytes: Annotated[int, typer.Option(min=1, help="largest HTTP body accepted")] = 64 * 1024 * 1024,
+    ] = ServeConfig.grpc_port,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="images per forward pass (1 = no batching)")
+    ] = ServeConfig.batch_size,
+    batch_wait_ms: Annotated[
+        float, typer.Option(min=0.0, help="extra wait for a fuller batch")
+    ] = ServeConfig.batch_wait_ms,
+    reload_interval: Annotated[
+        float, typer.Option(min=0.0, help="seconds between champion checks (0 = off)")
+    ] = ServeConfig.reload_interval_s,
+    top_k: Annotated[
+        int, typer.Option(min=1, help="ranked classes in every answer (capped at the classes)")
+    ] = ServeConfig.top_k,
+    max_request_bytes: Annotated[
+        int, typer.Option(min=1, help="largest HTTP body accepted")
+    ] = ServeConfig.max_request_bytes,
     load_retries: Annotated[
         int, typer.Option(min=0, help="first load: retries while the store is unreachable (0 = exit at once)")
-    ] = 5,
+    ] = ServeConfig.load_retries,
     load_backoff: Annotated[
-        float, typer.Option(min=0.0, help="seconds before the first load retry, doubled each time (max 30)")
-    ] = 1.0,
+        float,
+        typer.Option(
+            min=0.0,
+            help="seconds before the first load retry, doubled each time "
+            f"(max {PredictorOptions.load_backoff_max_s:g})",
+        ),
+    ] = ServeConfig.load_backoff_s,
     feedback_uri: Annotated[
         str | None, typer.Option(help="log sampled inputs + predictions to s3://bucket/prefix (off by default)")
     ] = None,
     feedback_sample_rate: Annotated[
-        float | None, typer.Option(help="share of images logged, in (0, 1] (default 0.05)")
+        float | None, typer.Option(help=f"share of images logged, in (0, 1] (default {FeedbackConfig.sample_rate})")
     ] = None,
     feedback_max_per_minute: Annotated[
-        int | None, typer.Option(min=1, help="at most this many images logged a minute (default 600)")
+        int | None,
+        typer.Option(min=1, help=f"at most this many images logged a minute (default {FeedbackConfig.max_per_minute})"),
     ] = None,
     feedback_retention_days: Annotated[
-        int | None, typer.Option(min=1, help="days until logged data expires (bucket lifecycle rule; default 14)")
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"days until logged data expires (bucket lifecycle rule; default {FeedbackConfig.retention_days})",
+        ),
     ] = None,
 ) -> None:
     """Serve a model with the KServe model server (V1 and V2 REST, optional gRPC, /metrics).
@@ -68,8 +91,6 @@ def serve(
         raise InvalidParameter("grpc_port", f"{grpc_port} is also the --http-port; use two different ports")
 
     # Late: kserve and torch take seconds to import; every other command starts without them.
-    from serving.feedback import feedback_config
-    from serving.server import ServeConfig
     from serving.server import serve as run_server
 
     feedback = feedback_config(feedback_uri, feedback_sample_rate, feedback_max_per_minute, feedback_retention_days)
@@ -112,7 +133,9 @@ def predict(
         str, typer.Option(help="the predictor's base URL (tsr serve, a port-forward or an ingress)")
     ] = "http://127.0.0.1:8080",
     model: Annotated[str, typer.Option(help="model name in the URL (the InferenceService name)")] = DEFAULT_MODEL_NAME,
-    top_k: Annotated[int, typer.Option(min=1, help="classes shown per image (up to the predictor's --top-k)")] = 3,
+    top_k: Annotated[
+        int, typer.Option(min=1, help="classes shown per image (up to the predictor's --top-k)")
+    ] = ServeConfig.top_k,
     protocol: Annotated[Literal["v1", "v2"], typer.Option(help="V1 (:predict) or V2 (/infer) REST protocol")] = "v1",
     timeout: Annotated[float, typer.Option(help="seconds to wait for each answer (> 0)")] = 60.0,
     as_json: JsonOption = False,

@@ -29,6 +29,7 @@ import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tsr.core.architectures import DEFAULT_ARCH, is_known_arch
 from tsr.core.preprocessing import PreprocessConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -36,8 +37,6 @@ CONFIG_FILE = "config.json"
 PROGRAM_FILE = "program.pt2"
 VARIANT_FILES = {"int8": "model.int8.ts", "exported": "model.frozen.ts"}
 VARIANTS = ("fp32", *VARIANT_FILES)
-
-DEFAULT_ARCH = "tsrnet"
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -82,11 +81,6 @@ class TSRNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def is_known_arch(arch: str) -> bool:
-    """`tsrnet` or a `torchvision.models` classifier: checked where parameters arrive, not after ingest."""
-    return arch == DEFAULT_ARCH or arch in torchvision.models.list_models(module=torchvision.models)
 
 
 def _torchvision_model(arch: str, num_classes: int) -> nn.Module:

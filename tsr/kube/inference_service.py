@@ -10,9 +10,6 @@ manifest generators all build through here.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec
 from kserve.constants.constants import (
@@ -23,26 +20,21 @@ from kserve.constants.constants import (
 from kubernetes import client as k8s
 
 from tsr.core.config import ENV_STATE_DIR
-from tsr.core.registry import CHAMPION, DEFAULT_MODEL_NAME, check_name
-from tsr.core.store import split_s3_uri
-from tsr.kube.labels import ARCH_LABEL, OS_LABEL, PART_OF
-from tsr.kube.placement import (
-    Toleration,
-    arch_placement_affinity,
-    as_toleration,
-    check_arch,
-    check_arch_placement,
-)
+from tsr.core.registry import DEFAULT_MODEL_NAME
+from tsr.kube.labels import PART_OF
+from tsr.kube.placement import arch_placement_affinity, as_toleration
 from tsr.kube.placement import parse_toleration as parse_toleration  # re-exported for tsr.kube.rollout
 
-DEFAULT_NAMESPACE = "tsr"
-
-
-DEFAULT_PREDICTOR_IMAGE = "ghcr.io/tsr-platform/tsr-predictor:0.1.0"
-
-
-DEFAULT_SERVICE_ACCOUNT = "tsr-predictor"
-
+# The spec and its defaults live in tsr.kube.spec (no SDK imports); re-exported for the builders' callers.
+from tsr.kube.spec import DEFAULT_HTTP_PORT as DEFAULT_HTTP_PORT
+from tsr.kube.spec import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE
+from tsr.kube.spec import DEFAULT_PREDICTOR_IMAGE as DEFAULT_PREDICTOR_IMAGE
+from tsr.kube.spec import DEFAULT_SERVICE_ACCOUNT as DEFAULT_SERVICE_ACCOUNT
+from tsr.kube.spec import DEPLOYMENT_MODES as DEPLOYMENT_MODES
+from tsr.kube.spec import LEGACY_DEPLOYMENT_MODES as LEGACY_DEPLOYMENT_MODES
+from tsr.kube.spec import SCALE_METRICS as SCALE_METRICS
+from tsr.kube.spec import InferenceServiceSpec as InferenceServiceSpec
+from tsr.kube.spec import _check_storage_uri as _check_storage_uri
 
 # KServe's layout (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY + s3-* annotations), which differs from
 # the pipeline steps' `tsr-s3-credentials` Secret (endpoint / accesskey / secretkey / secure keys).
@@ -57,20 +49,7 @@ PIPELINE_S3_SECRET_ENV = {
 }
 
 
-DEFAULT_HTTP_PORT = 8080
-
-
 PLACEHOLDER_VERSION = "REPLACE_WITH_VERSION"
-
-
-# KServe >= 0.15 names its modes Standard (Deployment + Service + HPA) and Knative (serverless,
-# revisions, canaries); the controller still accepts the old names and maps them. The Python SDK
-# (0.21) carries no constants for these: the values are the controller's (pkg/constants/constants.go:
-# Standard, Knative, LegacyRawDeployment="RawDeployment", LegacyServerless="Serverless").
-DEPLOYMENT_MODES = ("Standard", "Knative")
-
-
-LEGACY_DEPLOYMENT_MODES = {"RawDeployment": "Standard", "Serverless": "Knative"}
 
 
 ANNOTATION_DEPLOYMENT_MODE = f"{KSERVE_GROUP}/deploymentMode"
@@ -112,140 +91,8 @@ PROMETHEUS_PORT_ENV = "KSERVE_CONTAINER_PROMETHEUS_METRICS_PORT"
 RUN_AS_USER = 10001  # the USER of serving/Dockerfile and the Helm chart
 
 
-_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-_QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-
-
-# Which metrics KServe's autoscalers understand per mode: Knative's KPA scales on requests in flight or
-# per second; Standard mode's HPA on resource utilisation (percent of the request).
-SCALE_METRICS = {"Knative": ("concurrency", "rps"), "Standard": ("cpu", "memory")}
-
-
 class DeployError(RuntimeError):
     """A deployment could not be carried out; the message says what to fix."""
-
-
-def _check_storage_uri(uri: str) -> str:
-    """KServe needs a concrete version prefix: an alias (`champion`) is a JSON file, not a model."""
-    bucket, key = split_s3_uri(uri)
-    parts = key.split("/")
-    if len(parts) != 2 or not all(parts):
-        raise ValueError(f"storage_uri {uri!r} must look like s3://<bucket>/<model name>/<version>")
-    check_name(bucket, "bucket")
-    check_name(parts[0])
-    if parts[1] in {CHAMPION, "latest"} or not _VERSION.match(parts[1]):
-        raise ValueError(
-            f"storage_uri {uri!r} must name a concrete version, not {parts[1]!r}: "
-            "resolve the alias first (Registry.resolve)"
-        )
-    return uri
-
-
-def _cpu_threads(cpu_limit: str) -> int:
-    """Torch threads that fit the CPU limit, so a 2-CPU pod does not start one thread per node core."""
-    millis = float(cpu_limit[:-1]) if cpu_limit.endswith("m") else float(cpu_limit) * 1000
-    return max(1, int(millis // 1000))
-
-
-@dataclass
-class InferenceServiceSpec:
-    """Everything that varies between InferenceServices of this platform; validated on creation."""
-
-    name: str
-    namespace: str
-    storage_uri: str  # s3://models/<name>/<version>
-    image: str = DEFAULT_PREDICTOR_IMAGE
-    service_account: str = DEFAULT_SERVICE_ACCOUNT
-    model_name: str = DEFAULT_MODEL_NAME
-    min_replicas: int = 1
-    max_replicas: int = 3
-    cpu_request: str = "500m"
-    cpu_limit: str = "2"
-    memory_request: str = "1Gi"
-    memory_limit: str = "2Gi"
-    deployment_mode: str = "Standard"  # "Standard" | "Knative" (legacy RawDeployment / Serverless accepted)
-    canary_traffic_percent: int | None = None  # Knative only: share of traffic for the new revision
-    node_selector: dict[str, str] = field(default_factory=lambda: {OS_LABEL: "linux"})
-    enable_prometheus_scraping: bool = True
-    http_port: int = DEFAULT_HTTP_PORT
-    torch_threads: int | None = None  # None: derived from cpu_limit
-    tmp_size_limit: str = "512Mi"  # the writable /tmp under a read-only root filesystem
-    scale_target: int | None = None  # autoscaler target for scale_metric (KServe's own default when None)
-    scale_metric: str | None = None  # Knative: concurrency | rps; Standard: cpu | memory (SCALE_METRICS)
-    arch: tuple[str, ...] = ()  # kubernetes.io/arch values the image runs on (amd64, arm64, ...); () = any
-    arch_placement: str = "required"  # required: only those nodes; preferred: those first, others allowed
-    # Toleration objects, or dicts of V1Toleration fields (key, operator, value, effect, tolerationSeconds)
-    tolerations: tuple[Toleration | Mapping[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        self.deployment_mode = LEGACY_DEPLOYMENT_MODES.get(self.deployment_mode, self.deployment_mode)
-        if self.deployment_mode not in DEPLOYMENT_MODES:
-            raise ValueError(f"deployment_mode must be one of {DEPLOYMENT_MODES}, got {self.deployment_mode!r}")
-        if len(self.name) > 63 or not _DNS1035.match(self.name):
-            raise ValueError(f"name {self.name!r} must be a DNS-1035 label (a-z, 0-9, '-', starting with a letter)")
-        for what, value in (("namespace", self.namespace), ("service_account", self.service_account)):
-            if len(value) > 63 or not _DNS1123.match(value):
-                raise ValueError(f"{what} {value!r} must be a DNS-1123 label")
-        _check_storage_uri(self.storage_uri)
-        check_name(self.model_name)
-        if not self.image or any(c.isspace() for c in self.image):
-            raise ValueError(f"image {self.image!r} is not an image reference")
-        if self.canary_traffic_percent is not None:
-            if not 0 <= self.canary_traffic_percent <= 100:
-                raise ValueError("canary_traffic_percent must be within 0..100")
-            if self.deployment_mode != "Knative":
-                raise ValueError(
-                    "canary_traffic_percent needs deployment_mode 'Knative' (KServe canaries are revisions)"
-                )
-        lowest = 0 if self.deployment_mode == "Knative" else 1  # only Knative scales to zero
-        if not (lowest <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1):
-            raise ValueError(f"need {lowest} <= min_replicas <= max_replicas and max_replicas >= 1")
-        for what, value in (
-            ("cpu_request", self.cpu_request),
-            ("cpu_limit", self.cpu_limit),
-            ("memory_request", self.memory_request),
-            ("memory_limit", self.memory_limit),
-            ("tmp_size_limit", self.tmp_size_limit),
-        ):
-            if not _QUANTITY.match(value):
-                raise ValueError(f"{what} {value!r} is not a Kubernetes quantity")
-        if not 1 <= self.http_port <= 65535:
-            raise ValueError(f"http_port {self.http_port} out of range")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError("torch_threads must be >= 1")
-        self._check_scaling_and_placement()
-
-    def _check_scaling_and_placement(self) -> None:
-        """Refuse what KServe would accept but not act on: a metric the mode's autoscaler ignores,
-        an arch constraint stated twice, a toleration against tsr.kube.placement's rules."""
-        if self.scale_target is not None and self.scale_target < 1:
-            raise ValueError("scale_target must be >= 1")
-        if self.scale_metric is not None and self.scale_metric not in SCALE_METRICS[self.deployment_mode]:
-            raise ValueError(
-                f"scale_metric {self.scale_metric!r} is not used by {self.deployment_mode} mode's autoscaler: "
-                f"use one of {SCALE_METRICS[self.deployment_mode]}"
-            )
-        if isinstance(self.arch, str):  # a single value passed as a string
-            self.arch = (self.arch,)
-        self.arch = tuple(self.arch)
-        for value in self.arch:
-            check_arch(value)
-        check_arch_placement(self.arch_placement)
-        if self.arch and ARCH_LABEL in self.node_selector:
-            raise ValueError(f"give the architecture either as arch or as node_selector[{ARCH_LABEL!r}], not both")
-        self.tolerations = tuple(as_toleration(t) for t in self.tolerations)
-
-    @property
-    def threads(self) -> int:
-        return self.torch_threads or _cpu_threads(self.cpu_limit)
 
 
 def isvc_name(model_name: str) -> str:

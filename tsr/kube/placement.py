@@ -8,6 +8,9 @@ Tolerations are written in kubectl's taint syntax (`key=value:Effect`, `key=valu
 and always name a taint key: Kubernetes reads an empty key with operator Exists as "tolerate every
 taint" (with an effect: every taint of that effect, node-not-ready evictions included), which this
 platform does not offer.
+
+The kubernetes SDK is imported only where an SDK object is built: the rules (and `tsr.kube.spec`, which
+uses them) load without it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
-
-from kubernetes import client as k8s
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from tsr.kube.labels import ARCH_LABEL
+
+if TYPE_CHECKING:
+    from kubernetes import client as k8s
 
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 TolerationOperator = Literal["Equal", "Exists"]
@@ -104,6 +108,8 @@ class Toleration:
         return data
 
     def to_k8s(self) -> k8s.V1Toleration:
+        from kubernetes import client as k8s
+
         return k8s.V1Toleration(
             key=self.key,
             operator=self.operator,
@@ -148,6 +154,8 @@ def arch_expression(values: Sequence[str]) -> dict[str, Any]:
 
 
 def _arch_term(values: Sequence[str]) -> k8s.V1NodeSelectorTerm:
+    from kubernetes import client as k8s
+
     return k8s.V1NodeSelectorTerm(match_expressions=[k8s.V1NodeSelectorRequirement(**arch_expression(values))])
 
 
@@ -161,6 +169,8 @@ def arch_affinity(
     """
     if not required and not preferred:
         raise ValueError("an arch affinity needs required or preferred architectures")
+    from kubernetes import client as k8s
+
     return k8s.V1Affinity(
         node_affinity=k8s.V1NodeAffinity(
             required_during_scheduling_ignored_during_execution=(

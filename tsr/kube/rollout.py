@@ -56,6 +56,7 @@ from tsr.kube.inference_service import (
     parse_toleration,
 )
 from tsr.kube.render import to_manifest_dict
+from tsr.kube.spec import READY_TIMEOUT_S
 
 ANNOTATION_PREFIX = "tsr-platform.io"
 ANNOTATION_MODEL_URI = f"{ANNOTATION_PREFIX}/model-uri"
@@ -333,7 +334,7 @@ def wait_for_rollout(
     namespace: str,
     api: Any,
     *,
-    timeout_s: float = 600.0,
+    timeout_s: float = READY_TIMEOUT_S,
     poll_s: float = 5.0,
     canary_percent: int | None = None,
     fail_fast: bool = True,
@@ -433,7 +434,7 @@ def rollout_inference_service(
     *,
     api: Any = None,
     kube_config: str | None = None,
-    timeout_s: float = 600.0,
+    timeout_s: float = READY_TIMEOUT_S,
     poll_s: float = 5.0,
     rollback_on_failure: bool = True,
     fail_fast: bool = True,
@@ -573,7 +574,7 @@ def promote(
     *,
     api: Any = None,
     kube_config: str | None = None,
-    timeout_s: float = 600.0,
+    timeout_s: float = READY_TIMEOUT_S,
     poll_s: float = 5.0,
 ) -> RolloutResult:
     """Knative: remove canaryTrafficPercent so the canary revision takes all traffic, and wait for that.
@@ -629,7 +630,7 @@ def rollback(
     kube_config: str | None = None,
     registry: Registry | None = None,
     move_champion: bool = False,
-    timeout_s: float = 600.0,
+    timeout_s: float = READY_TIMEOUT_S,
     poll_s: float = 5.0,
 ) -> RolloutResult:
     """Serve the previous version again (from the object's annotations) or `to_version` of the same model.
@@ -757,20 +758,20 @@ def deploy_command(
     namespace: str = DEFAULT_NAMESPACE,
     image: str = DEFAULT_PREDICTOR_IMAGE,
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
-    deployment_mode: str = "Standard",
+    deployment_mode: str = InferenceServiceSpec.deployment_mode,
     canary_percent: int | None = None,
-    min_replicas: int = 1,
-    max_replicas: int = 3,
+    min_replicas: int = InferenceServiceSpec.min_replicas,
+    max_replicas: int = InferenceServiceSpec.max_replicas,
     scale_target: int | None = None,
     scale_metric: str | None = None,
-    cpu_request: str = "500m",
-    cpu_limit: str = "2",
-    memory_request: str = "1Gi",
-    memory_limit: str = "2Gi",
+    cpu_request: str = InferenceServiceSpec.cpu_request,
+    cpu_limit: str = InferenceServiceSpec.cpu_limit,
+    memory_request: str = InferenceServiceSpec.memory_request,
+    memory_limit: str = InferenceServiceSpec.memory_limit,
     arch: Sequence[str] = (),
-    arch_placement: str = "required",
+    arch_placement: str = InferenceServiceSpec.arch_placement,
     tolerations: Sequence[str] = (),
-    timeout_s: float = 600.0,
+    timeout_s: float = READY_TIMEOUT_S,
     rollback_on_failure: bool = True,
     registry: Registry | None = None,
     kube_config: str | None = None,
@@ -833,7 +834,7 @@ def promote_command(
     model_name: str = DEFAULT_MODEL_NAME,
     *,
     namespace: str = DEFAULT_NAMESPACE,
-    timeout_s: float = 600.0,
+    timeout_s: float = READY_TIMEOUT_S,
     kube_config: str | None = None,
     api: Any = None,
     poll_s: float = 5.0,
@@ -855,7 +856,7 @@ def rollback_command(
     to_version: str | None = None,
     move_champion: bool = False,
     registry: Registry | None = None,
-    timeout_s: float = 600.0,
+    timeout_s: float = READY_TIMEOUT_S,
     kube_config: str | None = None,
     api: Any = None,
     poll_s: float = 5.0,

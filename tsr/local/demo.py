@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from components.evaluate.config import GateConfig
+from components.train.config import TrainConfig
 from tsr.core.config import REPO_ROOT, state_dir
 from tsr.core.dataset import split_by_group
 from tsr.core.registry import DEFAULT_MODEL_NAME, Registry
@@ -47,14 +49,16 @@ PROMETHEUS_SCRAPE_INTERVAL = "2s"
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """What `tsr demo` runs; training and gate defaults are the train step's and the gate's own."""
+
     data_dir: Path | None = None
-    epochs: int = 18
+    epochs: int = TrainConfig.epochs
     max_groups_per_class: int = 0
-    min_accuracy: float = 0.95
-    batch_size: int = 256
+    min_accuracy: float = GateConfig.min_accuracy
+    batch_size: int = TrainConfig.batch_size
     requests: int = 8
     model_name: str = DEFAULT_MODEL_NAME
-    seed: int = 0
+    seed: int = TrainConfig.seed
 
 
 def find_data(
