@@ -29,7 +29,7 @@ PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images actionlint
+.PHONY: help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images actionlint
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -42,10 +42,10 @@ help:
 	@echo "make manifests - regenerate manifests/ (InferenceService, kustomize base and overlays)"
 	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml (and manifests/retrain/, which ships it)"
 	@echo "make images - build + push tsr-components and tsr-predictor for PLATFORMS (docker buildx; REGISTRY, TAG)"
+	@echo "make cluster-tools - kube-apiserver/controller-manager/scheduler/kubectl, the KServe controller, etcd (pytest -m cluster)"
 	@echo "make crds   - fetch the KServe + prometheus-operator CRDs the tests validate against (.tools/crds)"
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
 	@echo "make $(TOOLS)/dockerfile-check - the BuildKit Dockerfile checker (.ci/dockerfile-check; part of make tools)"
-	@echo "make $(TOOLS)/kube-crd-apiserver - etcd + apiextensions-apiserver for CRD tests (.ci/kube-crd-apiserver; part of make tools)"
 	@echo "make soak   - the locust load test for 10 minutes at 32 users (report in .state/soak)"
 	@echo "make fuzz   - the predictor fuzz tests with 10x the examples"
 
@@ -105,7 +105,7 @@ $(CRDS)/.stamp-$(KSERVE_CRD_VERSION)-$(PROM_OPERATOR_VERSION):
 
 crds: $(CRDS)/.stamp-$(KSERVE_CRD_VERSION)-$(PROM_OPERATOR_VERSION)
 
-tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOOLS)/dockerfile-check $(TOOLS)/kube-crd-apiserver crds prometheus
+tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOOLS)/dockerfile-check crds prometheus cluster-tools
 
 demo: venv $(TOOLS)/minio prometheus
 	TSR_STATE_DIR=$(CURDIR)/.state $(VENV)/bin/tsr demo $(strip $(DEMO_ARGS))
@@ -186,11 +186,54 @@ $(TOOLS)/dockerfile-check: .ci/dockerfile-check/main.go .ci/dockerfile-check/go.
 	@mkdir -p $(TOOLS)
 	cd .ci/dockerfile-check && CGO_ENABLED=0 GOFLAGS=-trimpath go build -o $(abspath $(TOOLS))/dockerfile-check .
 
-# A real API server for custom resources (embedded etcd + apiextensions-apiserver) on loopback for the
-# tests (.ci/kube-crd-apiserver; tests/kube_apiserver.py starts it).
-$(TOOLS)/kube-crd-apiserver: .ci/kube-crd-apiserver/main.go .ci/kube-crd-apiserver/go.mod .ci/kube-crd-apiserver/go.sum
+# ---- the cluster test tier (pytest -m cluster): a real control plane + the real KServe controller ----------
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl at the release pinned in .ci/kube/go.mod
+# (a wrapper module: k8s.io/kubernetes plus one replace per staging module), built from the Go module proxy
+# into .tools/bin once per pin (the stamp names it). The version ldflags make `kubectl version` work.
+KUBE_VERSION := $(shell awk '$$1 == "require" && $$2 == "k8s.io/kubernetes" {print $$3}' .ci/kube/go.mod)
+KUBE_BINARIES := kube-apiserver kube-controller-manager kube-scheduler kubectl
+KUBE_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+  -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION)))
+# The KServe controller (manager) at the CRDs' version: v0.21.0, the Python SDK's, is refused by the Go proxy.
+KSERVE_DIR := $(CURDIR)/.tools/kserve
+
+$(TOOLS)/.stamp-kube-$(KUBE_VERSION): .ci/kube/go.mod .ci/kube/go.sum
 	@mkdir -p $(TOOLS)
-	cd .ci/kube-crd-apiserver && CGO_ENABLED=0 GOFLAGS=-trimpath go build -o $(abspath $(TOOLS))/kube-crd-apiserver .
+	@echo "building Kubernetes $(KUBE_VERSION) control plane ($(KUBE_BINARIES)) with go build (first time: ~12 min on 2 cores)"
+	cd .ci/kube && CGO_ENABLED=0 go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(TOOLS)/ \
+	  $(addprefix k8s.io/kubernetes/cmd/,$(KUBE_BINARIES))
+	@rm -f $(TOOLS)/.stamp-kube-* && touch $@
+
+# The manager is built from a writable copy of the module source so that its own replace directives apply;
+# its CRDs, webhook configurations and inferenceservice-config go beside it for the test fixture.
+$(KSERVE_DIR)/.stamp-$(KSERVE_CRD_VERSION):
+	@echo "building the KServe $(KSERVE_CRD_VERSION) controller (first time: ~5 min)"
+	src=$$(go mod download -json github.com/kserve/kserve@$(KSERVE_CRD_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && \
+	[ -d "$$src" ] && rm -rf $(KSERVE_DIR) && mkdir -p $(KSERVE_DIR)/crds && cp -r "$$src" $(KSERVE_DIR)/src && \
+	chmod -R u+w $(KSERVE_DIR)/src && \
+	install -m 644 $(KSERVE_DIR)/src/config/crd/full/serving.kserve.io_*.yaml \
+	  $(KSERVE_DIR)/src/config/crd/full/clusterstoragecontainer/serving.kserve.io_*.yaml $(KSERVE_DIR)/crds/ && \
+	install -m 644 $(KSERVE_DIR)/src/config/storagecontainers/default.yaml $(KSERVE_DIR)/storage-container.yaml && \
+	install -m 644 $(KSERVE_DIR)/src/config/webhook/manifests.yaml $(KSERVE_DIR)/webhooks.yaml && \
+	install -m 644 $(KSERVE_DIR)/src/config/configmap/inferenceservice.yaml $(KSERVE_DIR)/inferenceservice-config.yaml && \
+	cd $(KSERVE_DIR)/src && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(TOOLS)/kserve-manager ./cmd/manager
+	rm -rf $(KSERVE_DIR)/src
+	@touch $@
+
+# etcd from Debian's etcd-server package, through the same best-effort apt path as Prometheus.
+etcd:
+	@if command -v etcd >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  echo "installing Debian's etcd-server package (the cluster test tier's etcd)"; \
+	  $$sudo apt-get install -y -qq --no-install-recommends etcd-server >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends etcd-server >/dev/null; } || \
+	  echo "WARNING: could not install etcd-server (needs root or sudo): the cluster tests will fail"; \
+	else \
+	  echo "WARNING: no apt-get: install etcd yourself for the cluster tests"; \
+	fi
+
+cluster-tools: $(TOOLS)/.stamp-kube-$(KUBE_VERSION) $(KSERVE_DIR)/.stamp-$(KSERVE_CRD_VERSION) etcd
 
 actionlint: $(TOOLS)/actionlint
 	$(TOOLS)/actionlint -color .github/workflows/*.yml

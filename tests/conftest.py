@@ -162,15 +162,13 @@ INTEGRATION_NAMES = frozenset(
     {"subprocess", "executable", "which", "SubprocessRunner", "DockerRunner", "LocalMinio", "find_minio_binary"}
     | {"server_process", "CRD_DIR"}
 )
-# Whole modules that are integration whatever their tests look like (relative to tests/).
+# Whole modules (or folders, ending in /) that are integration whatever their tests look like (relative to tests/).
 INTEGRATION_MODULES = frozenset(
     {
         "serving/test_fuzz.py",  # hypothesis against the real server; even its in-process codec fuzz takes ~10 s
         "serving/test_load.py",
         "serving/test_prometheus_integration.py",
-        "test_kube_apiserver.py",
-        "components/test_rollout_apiserver.py",
-        "manifests/test_apiserver_dry_run.py",
+        "cluster/",  # the cluster tier: a real control plane (tests/cluster_plane.py) for every test
     }
 )
 _tier_cache: dict[types.CodeType, str | None] = {}
@@ -223,7 +221,8 @@ def _integration_reason(item: pytest.Item) -> str | None:
     """Why `item` belongs to the integration tier, or None for a unit test."""
     if item.get_closest_marker("slow"):
         return "marked slow"
-    if item.path.resolve().relative_to(TESTS_DIR).as_posix() in INTEGRATION_MODULES:
+    rel = item.path.resolve().relative_to(TESTS_DIR).as_posix()
+    if rel in INTEGRATION_MODULES or any(rel.startswith(m) for m in INTEGRATION_MODULES if m.endswith("/")):
         return "integration module"
     if used := sorted(INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))):
         return f"fixture {used[0]}"

@@ -1,12 +1,14 @@
-"""The rollout against a real Kubernetes API server (tests/kube_apiserver.py: etcd + apiextensions-apiserver
-serving KServe's own InferenceService CRD) instead of the in-memory fake of test_rollout.py.
+"""The rollout's success paths against a real kube-apiserver (tests/cluster_plane.py) serving KServe's own
+InferenceService CRD, with a stand-in for the controller's status.
 
-What is real here: storage, the CRD's schema validation and pruning, JSON merge patch, resourceVersion
-conflicts, generations, the status subresource, the kubeconfig the CLI and the pipeline step load. What
-is not: the KServe controller, which cannot run without a cluster. `Controller` below stands in for it
-and does only what the rollout reads: it writes `status` (observedGeneration, the Ready condition, url)
-through the status subresource for each new generation, Ready or not depending on the model version.
-Standard mode only (Knative's revisions and traffic split are the in-memory simulator's job).
+What is real here: the API server (storage, authentication, admission, the CRD's schema validation and
+pruning, JSON merge patch, resourceVersion conflicts, generations, the status subresource) and the
+kubeconfig the CLI and the pipeline step load. What is not: readiness. Without a node no predictor Pod
+runs, so the real KServe controller never reports Ready (test_cluster_kserve.py checks the engine times out
+and rolls back on exactly that); to exercise "Ready", this module's control plane runs WITHOUT KServe's
+manager and `Controller` below writes `status` (observedGeneration, the Ready condition, url) through the
+status subresource for each new generation, Ready or not depending on the model version. Standard mode only
+(Knative's revisions and traffic split are the in-memory simulator's job).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from tests.kube_apiserver import ISVC_CRD, KubeApiServer, kube_apiserver
+from tests.cluster_plane import ControlPlane, apply_crd_files, control_plane
+from tests.crd_schema import CRD_DIR, CRD_FILES
 from tsr.kube import inference_service as isvcs
 from tsr.kube import render as render
 from tsr.kube import rollout as r
@@ -72,13 +75,16 @@ class Controller(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApiServer]:
-    with kube_apiserver(tmp_path_factory.mktemp("kube-apiserver"), crds=[ISVC_CRD]) as srv:
-        yield srv
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane of its own without KServe's manager (which would write the real, never-Ready status)."""
+    with control_plane(tmp_path_factory.mktemp("plane"), kserve=False) as cp:
+        apply_crd_files(cp, [CRD_DIR / CRD_FILES[("serving.kserve.io", "InferenceService")]])
+        k8s.CoreV1Api(cp.api_client).create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NS)))
+        yield cp
 
 
 @pytest.fixture
-def api(server: KubeApiServer) -> Iterator[k8s.CustomObjectsApi]:
+def api(server: ControlPlane) -> Iterator[k8s.CustomObjectsApi]:
     objects = k8s.CustomObjectsApi(server.api_client)
     controller = Controller(objects)
     controller.start()
@@ -182,7 +188,7 @@ def test_a_concurrent_writer_is_retried_not_overwritten(api: k8s.CustomObjectsAp
 
 
 def test_the_cli_and_the_pipeline_step_reach_it_through_a_kubeconfig(
-    api: k8s.CustomObjectsApi, server: KubeApiServer, tmp_path: Path
+    api: k8s.CustomObjectsApi, server: ControlPlane, tmp_path: Path
 ) -> None:
     """`tsr deploy` / `tsr rollback` and the KFP deploy step (cluster mode, under kfp.local) load the kubeconfig
     like they would a real cluster's; nothing is handed to them but the file."""
