@@ -25,8 +25,8 @@ import httpx
 
 from benchmarks.serving_throughput import request_body, run_wrk
 from benchmarks.train_default import cpu_model
-from tsr.core.config import REPO_ROOT
 from tsr.core.processes import stop_child
+from tsr.local.checkout import REPO_ROOT
 
 
 def machine_info() -> dict[str, Any]:

@@ -32,12 +32,12 @@ import torch
 from PIL import Image
 
 from benchmarks.train_default import cpu_model
-from tsr.core.config import REPO_ROOT
 from tsr.core.drift import build_reference
 from tsr.core.gtsrb import CLASS_NAMES
 from tsr.core.models import DEFAULT_ARCH, ModelConfig, build_model, save_model_dir
 from tsr.core.preprocessing import PreprocessConfig
 from tsr.core.processes import free_port, stop_child
+from tsr.local.checkout import REPO_ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_NAME = "gtsrb-classifier"

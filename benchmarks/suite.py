@@ -41,11 +41,11 @@ from benchmarks.serving_throughput import MODEL_NAME, mean_forward_batch
 from benchmarks.serving_throughput import write_model as write_untrained_model
 from components.ingest.ingest import IngestConfig, ingest
 from components.train.train import TrainConfig, train
-from tsr.core.config import REPO_ROOT
 from tsr.core.dataset import Split, load_split, read_data_card
 from tsr.core.models import ModelConfig, build_model, save_model_dir
 from tsr.core.preprocessing import PreprocessConfig, to_model_input
 from tsr.core.processes import free_port
+from tsr.local.checkout import REPO_ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OPTIMIZE_MODULE = "components.optimize.optimize"

@@ -52,8 +52,8 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from tests.crd_schema import read_crd_file
-from tsr.core.config import REPO_ROOT
 from tsr.core.processes import free_port, stop_child
+from tsr.local.checkout import REPO_ROOT
 
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 KSERVE_DIR = REPO_ROOT / ".tools" / "kserve"

@@ -18,11 +18,12 @@ import httpx
 import pytest
 import torch
 
-from tsr.core.config import REPO_ROOT, StoreConfig
+from tsr.core.config import StoreConfig
 from tsr.core.drift import build_reference
 from tsr.core.gtsrb import CLASS_NAMES
 from tsr.core.models import ModelConfig, build_model, save_model_dir
 from tsr.core.preprocessing import PreprocessConfig
+from tsr.local.checkout import REPO_ROOT
 from tsr.local.minio_server import LocalMinio, find_minio_binary
 
 ARCHIVE = Path(os.environ.get("TSR_GTSRB_ARCHIVE", REPO_ROOT.parent / "shared" / "data" / "gtsrb-train-32.tar.gz"))

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tsr.core.config import REPO_ROOT
+from tsr.local.checkout import REPO_ROOT
 
 CRD_DIR = REPO_ROOT / ".tools" / "crds"
 # (API group, kind) -> the CRD file that `make crds` copies from the pinned kserve / prometheus-operator modules.

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from components.factory import DEFAULT_COMPONENT_IMAGE
-from tsr.core.config import REPO_ROOT
 from tsr.kube.inference_service import DEFAULT_PREDICTOR_IMAGE
+from tsr.local.checkout import REPO_ROOT
 
 COMPONENTS_DOCKERFILE = REPO_ROOT / "components" / "Dockerfile"
 SERVING_DOCKERFILE = REPO_ROOT / "serving" / "Dockerfile"

@@ -27,7 +27,6 @@ from components.register.component import register_component
 from components.train.component import train_component
 from components.train.config import TrainConfig
 from serving.config import ServeConfig
-from tsr.core.config import REPO_ROOT
 from tsr.core.registry import DEFAULT_MODEL_NAME
 from tsr.kube.inference_service import DEFAULT_S3_SECRET, PIPELINE_S3_SECRET, RUN_AS_USER, isvc_name
 from tsr.kube.spec import (
@@ -36,6 +35,7 @@ from tsr.kube.spec import (
     READY_TIMEOUT_S,
     InferenceServiceSpec,
 )
+from tsr.local.checkout import REPO_ROOT
 
 CHART = REPO_ROOT / "helm" / "tsr-platform"
 # Only what the source of a default is not: the spelling of "unset" in a KFP parameter (the Kubeflow UI

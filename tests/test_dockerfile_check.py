@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tsr.core.config import REPO_ROOT
 from tsr.kube.inference_service import DEFAULT_HTTP_PORT
+from tsr.local.checkout import REPO_ROOT
 
 BINARY = REPO_ROOT / ".tools" / "bin" / "dockerfile-check"
 SOURCE = REPO_ROOT / ".ci" / "dockerfile-check"

@@ -33,9 +33,10 @@ from PIL import Image
 from components.register.register import register
 from tests.conftest import make_model_dir
 from tsr.core import provenance
-from tsr.core.config import REPO_ROOT, StoreConfig
+from tsr.core.config import StoreConfig
 from tsr.core.gtsrb import CLASS_NAMES
 from tsr.core.processes import free_port
+from tsr.local.checkout import REPO_ROOT
 
 SOURCES = ("pyproject.toml", "README.md", "tsr", "components", "serving", "pipelines")  # as the Dockerfiles copy
 MODEL_NAME = "wheel-check"

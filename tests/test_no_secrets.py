@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tsr.core.config import REPO_ROOT, state_dir
+from tsr.core.config import state_dir
+from tsr.local.checkout import REPO_ROOT
 from tsr.local.minio_server import LocalMinio
 
 # Key names that hold credentials, assigned a literal value in YAML/JSON/TOML/Python/env syntax.

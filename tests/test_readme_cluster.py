@@ -29,10 +29,11 @@ from typer.testing import CliRunner
 from tests.helm.test_chart import helm
 from tests.pipelines.kfp_fake import API, FakeKfp
 from tsr.cli import app
-from tsr.core.config import REPO_ROOT, StoreConfig
+from tsr.core.config import StoreConfig
 from tsr.core.registry import DEFAULT_MODEL_NAME
 from tsr.core.store import open_store
 from tsr.kube.inference_service import isvc_name
+from tsr.local.checkout import REPO_ROOT
 
 CLUSTER_DOC = REPO_ROOT / "docs" / "cluster.md"
 VERSION = "20261123-140501-3fa2c1"

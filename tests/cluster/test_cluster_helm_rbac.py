@@ -24,7 +24,7 @@ from kubernetes import client as k8s
 
 from tests.cluster_plane import TOOLS_BIN, ControlPlane, ensure_namespace
 from tests.helm.test_chart import CASES, CHART
-from tsr.core.config import REPO_ROOT
+from tsr.local.checkout import REPO_ROOT
 
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",

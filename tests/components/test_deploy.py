@@ -20,10 +20,11 @@ from kserve import V1beta1InferenceService
 from components.deploy import deploy as d
 from serving import process as sproc
 from tests.conftest import make_model_dir
-from tsr.core.config import REPO_ROOT, StoreConfig
+from tsr.core.config import StoreConfig
 from tsr.kube import inference_service as isvcs
 from tsr.kube import render as render
 from tsr.local import generate as gen
+from tsr.local.checkout import REPO_ROOT
 
 URI = "s3://models/gtsrb-classifier/20261123-140501-3fa2c1"
 

@@ -31,7 +31,7 @@ import yaml
 
 from pipelines.training_pipeline import S3_SECRET, S3_SECRET_ENV
 from tests import crd_schema
-from tsr.core.config import DATA_BUCKET, DEFAULT_BUCKET, REPO_ROOT
+from tsr.core.config import DATA_BUCKET, DEFAULT_BUCKET
 from tsr.kube import kustomize as kz
 from tsr.kube.inference_service import (
     InferenceServiceSpec,
@@ -40,6 +40,7 @@ from tsr.kube.inference_service import (
     build_service_account,
 )
 from tsr.kube.render import from_manifest_dict, to_manifest_dict
+from tsr.local.checkout import REPO_ROOT
 
 CHART = REPO_ROOT / "helm" / "tsr-platform"
 HELM = REPO_ROOT / ".tools" / "bin" / "helm"

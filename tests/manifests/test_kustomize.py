@@ -29,7 +29,6 @@ from kubernetes import client as k8s
 from pipelines.training_pipeline import S3_SECRET as PIPELINE_S3_SECRET
 from pipelines.training_pipeline import S3_SECRET_ENV as PIPELINE_S3_SECRET_ENV
 from tests import crd_schema
-from tsr.core.config import REPO_ROOT
 from tsr.kube import kustomize as kz
 from tsr.kube.inference_service import (
     ANNOTATION_DEPLOYMENT_MODE,
@@ -43,6 +42,7 @@ from tsr.kube.inference_service import (
 from tsr.kube.labels import ARCH_LABEL
 from tsr.kube.render import from_manifest_dict, to_manifest_dict
 from tsr.local import generate as gen
+from tsr.local.checkout import REPO_ROOT
 from tsr.local.generate import MANIFEST_FILE
 
 MANIFESTS = REPO_ROOT / "manifests"

@@ -35,13 +35,13 @@ from tests.conftest import wait_until_ok
 from tests.manifests.test_kustomize import K8S_GROUPS, K8S_VERSIONS, PART_OF, build, by_kind, kustomize, one
 from tests.pipelines.kfp_fake import FakeKfp
 from tests.test_no_secrets import find_secrets
-from tsr.core.config import REPO_ROOT
 from tsr.core.processes import free_port
 from tsr.kube import kustomize as kz
 from tsr.kube.inference_service import DEFAULT_NAMESPACE
 from tsr.kube.labels import NAMESPACE_NAME_LABEL
 from tsr.kube.monitoring.alerts import AlertConfig, alert_rules
 from tsr.local import generate as gen
+from tsr.local.checkout import REPO_ROOT
 
 RETRAIN = REPO_ROOT / "manifests" / kz.RETRAIN_DIR
 Docs = list[dict[str, Any]]

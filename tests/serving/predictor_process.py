@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import wait_until_ok
-from tsr.core.config import REPO_ROOT
 from tsr.core.processes import stop_child
+from tsr.local.checkout import REPO_ROOT
 
 
 @contextmanager

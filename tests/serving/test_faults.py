@@ -34,10 +34,11 @@ from serving.monitoring.metrics import PredictorMetrics
 from serving.predictor import ModelSource, PredictorOptions, TSRPredictor
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
-from tsr.core.config import REPO_ROOT, StoreConfig
+from tsr.core.config import StoreConfig
 from tsr.core.processes import free_port, stop_child
 from tsr.core.registry import Registry
 from tsr.core.store import S3Store, StoreError
+from tsr.local.checkout import REPO_ROOT
 from tsr.local.minio_server import LocalMinio
 
 NAME = "signs-faults"

@@ -27,8 +27,8 @@ import pytest
 
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import predictor_process, rss_mib
-from tsr.core.config import REPO_ROOT
 from tsr.core.processes import free_port
+from tsr.local.checkout import REPO_ROOT
 
 NAME = "gtsrb-classifier"
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")

@@ -25,9 +25,9 @@ import yaml
 
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
-from tsr.core.config import REPO_ROOT
 from tsr.core.gtsrb import CLASS_NAMES
 from tsr.core.processes import free_port
+from tsr.local.checkout import REPO_ROOT
 from tsr.local.prometheus_server import (
     LocalPrometheus,
     PrometheusConfig,

@@ -21,9 +21,9 @@ from PIL import Image
 
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
-from tsr.core.config import REPO_ROOT
 from tsr.core.preprocessing import load_image_file
 from tsr.core.processes import free_port
+from tsr.local.checkout import REPO_ROOT
 
 NAME = "gtsrb-classifier"
 

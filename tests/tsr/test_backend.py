@@ -10,7 +10,7 @@ import sys
 import torch
 
 from tsr.core.backend import backend_report, parse_build_settings, parse_parallel_info, summary
-from tsr.core.config import REPO_ROOT
+from tsr.local.checkout import REPO_ROOT
 
 EXPECTED_KEYS = {
     "machine",

@@ -10,7 +10,7 @@ Resolution order (first match wins):
 In a cluster the environment variables come from a Kubernetes Secret, never from arguments.
 
 Nothing here depends on where the package sits: installed from a wheel, it works the same as
-from a checkout. REPO_ROOT is for development tooling only (tsr.local, benchmarks, tests).
+from a checkout (the checkout's root, for development tooling, is tsr.local.checkout.REPO_ROOT).
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ from pathlib import Path
 
 DEFAULT_BUCKET = "models"
 DATA_BUCKET = "datasets"
-# The checkout this module was imported from: meaningful only for development tooling (tsr.local,
-# benchmarks, tests), never used by the library itself (installed, it points into site-packages).
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ENV_ENDPOINT = "TSR_S3_ENDPOINT"
 ENV_ACCESS_KEY = "TSR_S3_ACCESS_KEY"

@@ -28,10 +28,11 @@ from rich.text import Text
 
 from components.evaluate.config import GateConfig
 from components.train.config import TrainConfig
-from tsr.core.config import REPO_ROOT, state_dir
+from tsr.core.config import state_dir
 from tsr.core.dataset import split_by_group
 from tsr.core.registry import DEFAULT_MODEL_NAME, Registry
 from tsr.core.sources import list_source
+from tsr.local.checkout import REPO_ROOT
 from tsr.local.loop import write_rules_file
 from tsr.local.prometheus_server import (
     INSTALL_HINT,

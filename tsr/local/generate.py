@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from pipelines.retrain_manifests import RetrainConfig, render_retrain
-from tsr.core.config import REPO_ROOT
 from tsr.core.registry import DEFAULT_MODEL_NAME
 from tsr.kube.inference_service import (
     DEFAULT_NAMESPACE,
@@ -40,6 +39,7 @@ from tsr.kube.kustomize import (
     render_standard,
 )
 from tsr.kube.render import render_yaml
+from tsr.local.checkout import REPO_ROOT
 
 MANIFEST_FILE = "inferenceservice.yaml"
 

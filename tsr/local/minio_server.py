@@ -24,8 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tsr.core.config import REPO_ROOT, StoreConfig, explicit_store_config, state_dir
+from tsr.core.config import StoreConfig, explicit_store_config, state_dir
 from tsr.core.processes import free_port
+from tsr.local.checkout import REPO_ROOT
 
 log = logging.getLogger(__name__)
 

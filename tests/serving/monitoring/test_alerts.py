@@ -16,9 +16,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from serving.monitoring.metrics import PredictorMetrics
-from tsr.core.config import REPO_ROOT
 from tsr.kube.monitoring.alerts import AlertConfig, AlertRule, RecordingRule, alert_rules, rule_groups
 from tsr.kube.monitoring.generate import metric_names, render_all, rule_exprs
+from tsr.local.checkout import REPO_ROOT
 
 MONITORING = REPO_ROOT / "manifests" / "monitoring"
 RULES = MONITORING / "tsr-rules.yaml"

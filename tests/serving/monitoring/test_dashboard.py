@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tsr.core.config import REPO_ROOT
 from tsr.kube.monitoring.alerts import AlertConfig
 from tsr.kube.monitoring.dashboard import DashboardConfig, build_dashboard, dashboard_exprs
 from tsr.kube.monitoring.generate import known_metric_names, metric_names
+from tsr.local.checkout import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "manifests" / "monitoring" / "grafana-dashboard.json"
 # What Grafana substitutes before a query reaches Prometheus (enough to parse and to run).

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tsr.core.config import REPO_ROOT
 from tsr.core.registry import DEFAULT_MODEL_NAME
 from tsr.kube.inference_service import (
     DEFAULT_NAMESPACE,
@@ -27,6 +26,7 @@ from tsr.kube.labels import ISVC_POD_LABEL
 from tsr.kube.monitoring.alerts import AlertConfig
 from tsr.kube.monitoring.generate import HEADER, render_all, write_all
 from tsr.kube.monitoring.scrape import ScrapeConfig, pod_monitor, service_monitor
+from tsr.local.checkout import REPO_ROOT
 
 MONITORING = REPO_ROOT / "manifests" / "monitoring"
 HAND_WRITTEN = {"README.md"}
