@@ -27,7 +27,7 @@ from tsr.kube.inference_service import (
 )
 from tsr.kube.labels import ARCH_LABEL
 from tsr.kube.render import to_manifest_dict
-from tsr.kube.rollout import RolloutFailed, rollout_inference_service
+from tsr.kube.rollout import RolloutFailed, promote_command, rollout_inference_service
 
 NAMESPACE = "tsr-serving"
 URI = "s3://models/gtsrb-classifier/20260101T000000Z-abc123"
@@ -263,3 +263,28 @@ def test_the_deploy_step_in_cluster_mode(cluster: ControlPlane, serving_namespac
     )
     assert live["metadata"]["annotations"].get(ANNOTATION_S3_ENDPOINT) is None  # credentials stay in the Secret
     assert live["spec"]["predictor"]["serviceAccountName"] == "tsr-predictor"
+
+
+def test_promote_against_the_real_controller(cluster: ControlPlane, serving_namespace: str) -> None:
+    """`tsr promote` reads the live object the controller reconciled: Standard mode has no canary, so it reports
+    that and changes nothing; a model with no InferenceService is an error naming it. Canary promotion itself
+    needs Knative, which does not run here (docs/cluster.md)."""
+    api = k8s.CustomObjectsApi(cluster.api_client)
+    body = to_manifest_dict(build_inference_service(spec("promote-isvc")))
+    api.create_namespaced_custom_object("serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices", body)
+    wait_for("the controller's status", lambda: api.get_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices", "promote-isvc").get("status"))  # fmt: skip
+    before = api.get_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices", "promote-isvc"
+    )
+    result = promote_command("promote-isvc", namespace=NAMESPACE, kube_config=str(cluster.kubeconfig))
+    assert result.ok, result.message
+    assert "Standard mode, which has no canary" in result.message
+    after = api.get_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices", "promote-isvc"
+    )
+    assert after["metadata"]["generation"] == before["metadata"]["generation"], (
+        "promote must not write in Standard mode"
+    )
+    missing = promote_command("no-such-model", namespace=NAMESPACE, kube_config=str(cluster.kubeconfig))
+    assert not missing.ok and "does not exist" in missing.message
