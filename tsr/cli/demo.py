@@ -38,7 +38,8 @@ def prometheus_stop() -> None:
 @cli_errors()
 def demo(
     data_dir: Annotated[
-        Path | None, typer.Option(help="GTSRB root (else cached, the shared archive, or download)")
+        Path | None,
+        typer.Option(help="GTSRB root (else cached, $TSR_GTSRB_ARCHIVE or the shared archive, or download)"),
     ] = None,
     epochs: Annotated[
         int, typer.Option(min=1, help=f"training epochs (the default config uses {TrainConfig.epochs})")
@@ -82,7 +83,13 @@ def demo(
         pipeline_output(activity, echo=not activity.enabled and not quiet),
     ):
         # The summary is printed below, once the progress display is gone.
-        summary = run_demo(cfg, Console(quiet=True), err, on_extract=activity.bar("extracting GTSRB", "bytes"))
+        summary = run_demo(
+            cfg,
+            Console(quiet=True),
+            err,
+            on_extract=activity.bar("extracting GTSRB", "bytes"),
+            on_download=activity.bar("downloading GTSRB", "bytes"),
+        )
     if not as_json:
         print_summary(summary, cfg.model_name, out)
     print(json.dumps(summary), flush=True)
