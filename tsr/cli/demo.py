@@ -63,7 +63,7 @@ def demo(
 
     Prints a summary table and, as its last line, the summary as one JSON object (what `make demo`
     and scripts read); --json prints that JSON line alone. The pipeline steps' output goes to a log
-    file in the state dir (and to stderr when no progress is drawn). Exits 3 (not 0) when the run
+    file in the state dir (when no progress is drawn, stderr gets one line per step). Exits 3 (not 0) when the run
     completes but the gate refuses the model.
     """
     from tsr.local.demo import DemoConfig, print_summary, run_demo
@@ -80,7 +80,7 @@ def demo(
     )
     with (
         progress(as_json, quiet) as activity,
-        pipeline_output(activity, echo=not activity.enabled and not quiet),
+        pipeline_output(activity, rows=not activity.enabled and not quiet),
     ):
         # The summary is printed below, once the progress display is gone.
         summary = run_demo(
@@ -122,7 +122,12 @@ def loop(
     cfg = LoopConfig(
         data=data, model_name=model_name, epochs=epochs, max_groups_per_class=max_groups_per_class, shift=shift
     )
-    with common._store_session() as store:
+    # The pipeline runs' output (the bootstrap's and the retrain's) goes to a log file, one line per step here.
+    with (
+        progress(as_json) as activity,
+        pipeline_output(activity, rows=not activity.enabled),
+        common._store_session() as store,
+    ):
         summary = run_loop(cfg, store, state_dir() / "loop", say=lambda line: err.print(line, markup=False))
     if as_json:
         print(json.dumps(summary))
