@@ -39,6 +39,10 @@ def build_model_card(
             "fingerprint": data_card.get("fingerprint"),
             "totals": data_card.get("totals"),
             "split_strategy": data_card.get("split_strategy"),
+            # How the data was split: a retrain that repeats them validates on the same tracks (tsr loop).
+            "seed": data_card.get("seed"),
+            "val_fraction": data_card.get("val_fraction"),
+            "max_groups_per_class": data_card.get("max_groups_per_class"),
             "channel_mean": data_card.get("channel_mean"),
             "channel_std": data_card.get("channel_std"),
             "counts": data_card.get("counts"),

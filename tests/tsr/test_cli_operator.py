@@ -411,6 +411,32 @@ def test_demo_prints_its_summary_then_one_json_line_or_the_json_alone(
     assert alone.exit_code == 0 and one_json_document(alone.stdout) == summary
 
 
+def test_loop_keeps_the_pipeline_runs_output_in_the_log_file(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tsr loop --once` runs the pipeline twice (bootstrap, retrain): kfp.local's output of both goes to
+    the log file; the terminal gets the loop's own lines, a row per step and the summary."""
+    summary = {"model_name": NAME, "champion_before": "v1", "champion_after": "v2", "outcome": "retrained"}
+
+    def fake_run_loop(cfg: Any, store: Any, state: Path, say: Any = None) -> dict[str, Any]:
+        assert cfg.recipe == "champion", "the champion's recipe is the default"
+        say("serving champion v1")
+        _fake_kfp_output()  # the bootstrap run
+        _fake_kfp_output()  # the retrain
+        return summary
+
+    monkeypatch.setattr("tsr.local.loop.run_loop", fake_run_loop)
+    result = invoke(env, "loop", "--once", "--data", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    assert one_json_document(result.stdout) == summary
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("step logs:") and "serving champion v1" in lines
+    assert len(lines) == 2 + 2 * len(KFP_LOG_STEPS), result.stderr
+    assert "Executing task" not in result.stderr + result.stdout
+    (log,) = (Path(env["TSR_STATE_DIR"]) / "kfp-local" / "logs").iterdir()
+    assert log.read_text() == 2 * KFP_LOG.read_text()
+
+
 # ---- data download and extraction -------------------------------------------------------------------------
 def test_demo_extraction_reports_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tsr.local.demo import find_data

@@ -58,6 +58,7 @@ def test_demo_runs_end_to_end_and_leaves_the_store_usable(
         "TSR_STATE_DIR": str(tmp_path / "state"),
         "TSR_GTSRB_ARCHIVE": str(ARCHIVE),
         "HOME": str(tmp_path),  # no user config file
+        "PYTHONPATH": str(REPO_ROOT),  # this checkout's code, whichever checkout the venv was installed from
     }
     for key in ("TSR_S3_ENDPOINT", "TSR_S3_ACCESS_KEY", "TSR_S3_SECRET_KEY", "TSR_STORE_DIR", "TSR_CONFIG"):
         env.pop(key, None)
@@ -67,6 +68,15 @@ def test_demo_runs_end_to_end_and_leaves_the_store_usable(
     try:
         result = subprocess.run([tsr, *args], capture_output=True, text=True, env=env, timeout=1200)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        # The terminal gets a row per step and the summary; kfp.local's output (executor JSON, every
+        # artifact's metadata: hundreds of lines) stays in the log file.
+        err_lines = result.stderr.splitlines()
+        rows = [line.split()[1] for line in err_lines if line[:1] in {"✔", "✘", "–"}]
+        assert rows == ["ingest", "train", "evaluate", "register", "deploy"], result.stderr
+        assert len(err_lines) <= len(rows) + 5, result.stderr  # + step logs, extracting, store, Prometheus
+        assert len(result.stdout.splitlines()) <= 40, result.stdout  # the summary, 5 predictions, the JSON line
+        (log,) = (tmp_path / "state" / "kfp-local" / "logs").iterdir()
+        assert "Executing task" in log.read_text() and "Executing task" not in result.stderr + result.stdout
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         assert summary["gate"] == "pass"
         assert summary["model_uri"].startswith("s3://models/gtsrb-classifier/")

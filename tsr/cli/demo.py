@@ -102,8 +102,18 @@ def loop(
     data: Annotated[str, typer.Option(help="GTSRB/ImageFolder directory the runs train on")],
     once: Annotated[bool, typer.Option("--once", help="one cycle (the only mode: a loop runs on a cluster)")] = False,
     model_name: Annotated[str, typer.Option(help="registry model name")] = DEFAULT_MODEL_NAME,
-    epochs: Annotated[int, typer.Option(min=1, help="epochs of the retraining run")] = 3,
-    max_groups_per_class: Annotated[int, typer.Option(min=0, help="tracks per class (0: all)")] = 5,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="retrain --epochs on --max-groups-per-class tracks instead of the champion's own recipe "
+            "(a wiring demonstration: the gate refuses it against a fully trained champion)",
+        ),
+    ] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of a --quick retraining run")] = 3,
+    max_groups_per_class: Annotated[
+        int, typer.Option(min=0, help="tracks per class of the bootstrap and --quick runs (0: all)")
+    ] = 5,
     shift: Annotated[float, typer.Option(min=0.01, max=0.99, help="brightness factor of the simulated drift")] = 0.3,
     as_json: Annotated[bool, typer.Option("--json", help="the summary as one JSON document")] = False,
 ) -> None:
@@ -111,8 +121,10 @@ def loop(
 
     Serves the champion (training a first one if there is none), sends normal then darkened images,
     evaluates the TSRInputDrift rule's PromQL with a real Prometheus (when installed), posts the alert to
-    the retrain webhook receiver, which runs the pipeline; a model that passes the gate becomes champion
-    and the running predictor reloads it. Exits 3 when the cycle completes without a promotion.
+    the retrain webhook receiver, which runs the pipeline with the champion's own recipe (from its model
+    card: as long as the champion's training) or, with --quick, a few epochs on a few tracks; a model that
+    passes the gate becomes champion and the running predictor reloads it. The runs' step output goes to a
+    log file in the state dir. Exits 3 when the cycle completes without a promotion.
     """
     from tsr.local.loop import LoopConfig, run_loop
 
@@ -120,7 +132,12 @@ def loop(
         raise InvalidParameter("once", "only --once is supported locally; on a cluster Alertmanager drives the loop")
     check_data_source("data", data, must_exist=True)
     cfg = LoopConfig(
-        data=data, model_name=model_name, epochs=epochs, max_groups_per_class=max_groups_per_class, shift=shift
+        data=data,
+        model_name=model_name,
+        recipe="quick" if quick else "champion",
+        epochs=epochs,
+        max_groups_per_class=max_groups_per_class,
+        shift=shift,
     )
     # The pipeline runs' output (the bootstrap's and the retrain's) goes to a log file, one line per step here.
     with (

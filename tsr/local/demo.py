@@ -273,7 +273,7 @@ def run_demo(
     source = find_data(cfg.data_dir, err, on_extract, on_download)
     state = state_dir()
     with store_session() as store:
-        err.print(f"store: {store.describe()} ({store.origin})")
+        err.print(f"store: {store.describe()} ({store.origin})", soft_wrap=True, markup=False, highlight=False)
         params = {
             "data_source": source,
             "epochs": cfg.epochs,
