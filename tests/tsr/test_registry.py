@@ -134,8 +134,11 @@ def test_materialize_a_directory_needs_no_store(tiny_model_dir: Path, tmp_path: 
 
 # ---- the alias: compare-and-swap moves and their history -------------------------------------------------
 @pytest.fixture(params=["minio", "dir"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreConfig:
-    """Both backends: a real MinIO on loopback, and the directory store (one lock per bucket)."""
+def any_store(request: pytest.FixtureRequest, tmp_path: Path, minio_binary: Path) -> StoreConfig:
+    """Both backends: a real MinIO on loopback, and the directory store (one lock per bucket).
+
+    It asks for `minio_binary` so that both variants count as integration tests (conftest's tiers
+    see the fixtures a test requests, not the one `getfixturevalue` starts)."""
     if request.param == "minio":
         config: StoreConfig = request.getfixturevalue("minio")
         return config
