@@ -150,10 +150,10 @@ def prepare_model(cfg: SuiteConfig, tmp: Path) -> Trained:
 
     from tsr.local.demo import find_data
 
-    source, download = find_data(cfg.data_dir, Console(stderr=True))
+    source = find_data(cfg.data_dir, Console(stderr=True))
     data = tmp / "dataset"
     t0 = time.perf_counter()
-    ingest(IngestConfig(source=source, download=download, max_groups_per_class=cfg.ingest_tracks), data)
+    ingest(IngestConfig(source=source, max_groups_per_class=cfg.ingest_tracks), data)
     card = read_data_card(data)
     full_train, val = load_split(data / "train.safetensors"), load_split(data / "val.safetensors")
     tr = first_tracks(full_train, cfg.train_tracks)
@@ -478,7 +478,7 @@ def pipeline_row(cfg: SuiteConfig, tmp: Path) -> Row:
     binary = find_minio_binary()
     if binary is None:
         return Row("7", title, "", None, 0.10, "le", "%", unavailable="not available: no MinIO binary (make tools)")
-    source, _ = find_data(cfg.data_dir, Console(stderr=True))
+    source = find_data(cfg.data_dir, Console(stderr=True))
     params = {
         "data_source": source,
         "max_groups_per_class": cfg.pipeline_tracks,

@@ -46,10 +46,10 @@ def main() -> None:
     args = parser.parse_args()
     from rich.console import Console
 
-    source, download = find_data(args.data_dir, Console(stderr=True))
+    source = find_data(args.data_dir, Console(stderr=True))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ingest(IngestConfig(source=source, download=download), Path(tmp))
+        ingest(IngestConfig(source=source), Path(tmp))
         ingest_s = time.perf_counter() - t0
         card = read_data_card(Path(tmp))
         tr, va = load_split(Path(tmp) / "train.safetensors"), load_split(Path(tmp) / "val.safetensors")

@@ -150,8 +150,10 @@ def run_local(
             warnings.catch_warnings(),
             contextlib.redirect_stdout(output),
         ):
-            # The component image's name need not contain "python"; kfp.local warns about that.
+            # The component image's name need not contain "python"; kfp.local warns about that. The steps'
+            # display names are for the cluster's UI; kfp.local warns, once per step, that it ignores them.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            warnings.filterwarnings("ignore", message=r".*settings \['display_name'\] have no effect.*")
             task = pipeline(**{**params, "run_id": run_id})
     except RuntimeError as exc:
         raise PipelineRunError(_ANSI.sub("", str(exc)), output.last_error()) from exc

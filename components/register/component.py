@@ -45,7 +45,16 @@ def register_component(
     def progress(done: int, total: int) -> None:  # the CLI turns these lines into an upload bar
         print(f"upload {done}/{total} bytes", flush=True)
 
-    registered = register(Path(model.path), model_name, card, store, promote=promote, on_progress=progress)
-    moved = f"champion -> {registered.version}" if registered.champion_moved else "champion unchanged"
+    # The champion the gate compared this model with (None: there was none); the alias moves only from it.
+    champion_uri = (result.get("champion") or {}).get("uri")
+    compared_with = champion_uri.rsplit("/", 1)[-1] if champion_uri else None
+    registered = register(
+        Path(model.path), model_name, card, store, promote=promote, on_progress=progress, compared_with=compared_with
+    )
+    moved = (
+        f"champion -> {registered.version}"
+        if registered.champion_moved
+        else f"champion unchanged ({registered.champion_note})"
+    )
     print(f"registered {registered.uri} ({card['variant']}); {moved}", flush=True)
     return registered.uri

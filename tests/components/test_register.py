@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from components.register.register import build_model_card, register
+from components.register.register import RegisterResult, build_model_card, register
 from tsr.core.config import StoreConfig
 from tsr.core.registry import Registry
 
@@ -31,3 +33,29 @@ def test_register_without_promotion_leaves_the_champion(tiny_model_dir: Path, mi
     registry = Registry.from_config(minio)
     assert registry.get_alias("m") == first.version
     assert registry.versions("m") == sorted([first.version, second.version])
+
+
+def test_two_runs_compared_with_one_champion_promote_once(tiny_model_dir: Path, minio: StoreConfig) -> None:
+    """Two pipeline runs gated against the same champion register at the same moment: exactly one
+    replaces it and says so; the other is kept as a version, reports `champion_moved` false and why,
+    and the alias history holds the one move with the right `previous`."""
+    first = register(tiny_model_dir, "m", {}, minio)
+    barrier = threading.Barrier(2)
+
+    def run() -> RegisterResult:
+        barrier.wait()
+        return register(tiny_model_dir, "m", {}, minio, compared_with=first.version)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: run(), range(2)))
+    assert [r.champion_moved for r in results].count(True) == 1, results
+    (winner,) = [r for r in results if r.champion_moved]
+    (loser,) = [r for r in results if not r.champion_moved]
+    assert f"not at {first.version}" in loser.champion_note, loser
+    registry = Registry.from_config(minio)
+    assert registry.get_alias("m") == winner.version
+    assert [(h["version"], h["previous"]) for h in registry.alias_history("m")] == [
+        (first.version, None),
+        (winner.version, first.version),
+    ]
+    assert sorted(registry.versions("m")) == sorted([first.version, winner.version, loser.version])

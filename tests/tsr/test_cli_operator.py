@@ -224,9 +224,9 @@ def test_pipeline_watcher_follows_a_real_kfp_local_log() -> None:
     assert "epoch 2/2" in screen.getvalue()
 
 
-def test_pipeline_watcher_marks_a_failed_step_and_echoes_when_asked() -> None:
-    echo = io.StringIO()
-    watcher = PipelineWatcher(Activity(Console(file=io.StringIO()), enabled=False), io.StringIO(), echo)
+def test_pipeline_watcher_marks_a_failed_step_in_its_row() -> None:
+    rows = io.StringIO()
+    watcher = PipelineWatcher(Activity(Console(file=io.StringIO()), enabled=False), io.StringIO(), rows)
     watcher.write("12:00:00.000 - INFO - Executing task \x1b[96m'train-component'\x1b[0m\n")
     watcher.write("    ValueError: training split is empty\n")
     watcher.write("12:00:01.000 - ERROR - Task 'train-component' finished with status \x1b[91mFAILURE\x1b[0m\n")
@@ -234,7 +234,29 @@ def test_pipeline_watcher_marks_a_failed_step_and_echoes_when_asked() -> None:
     (train, register) = watcher.steps.values()
     assert (train.name, train.state, train.info) == ("train", "failed", "ValueError: training split is empty")
     assert (register.name, register.state) == ("register", "skipped")
-    assert "ValueError: training split is empty" in echo.getvalue()
+    first, second = rows.getvalue().splitlines()
+    assert first.startswith("✘ train") and first.endswith("ValueError: training split is empty"), first
+    assert second.startswith("– register") and "skipped" in second, second
+
+
+def test_pipeline_watcher_without_progress_prints_one_row_per_step() -> None:
+    """The terminal gets a line per step; kfp.local's executor JSON and artifact metadata (most of a real
+    log) go to the log file alone."""
+    rows, log = io.StringIO(), io.StringIO()
+    watcher = PipelineWatcher(Activity(Console(file=io.StringIO()), enabled=False), log, rows)
+    text = KFP_LOG.read_text()
+    watcher.write(text)
+    assert log.getvalue() == text
+    lines = rows.getvalue().splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["✔", "ingest"],
+        ["✔", "train"],
+        ["✔", "evaluate"],
+        ["✔", "register"],
+        ["✔", "deploy"],
+    ], lines
+    assert "epoch 2/2  val_acc 0.0364" in lines[1]
+    assert "Executing task" not in rows.getvalue() and "executor" not in rows.getvalue().lower()
 
 
 def test_ingest_progress_callbacks_and_summary(tmp_path: Path, env: dict[str, str]) -> None:
@@ -281,6 +303,17 @@ def test_evaluate_keeps_its_json_line_and_offers_a_table(tmp_path: Path, env: di
 
 
 # ---- pipeline run-local and demo: stdout holds the result alone ------------------------------------------
+KFP_LOG_STEPS = ("ingest", "train", "evaluate", "register", "deploy")  # the steps of KFP_LOG
+
+
+def _one_row_per_step(stderr: str) -> bool:
+    """What a command running KFP_LOG's pipeline may print on stderr without progress bars: the log
+    file's path and one row per step (kfp.local's own output, 92 lines here, stays in the log file)."""
+    lines = stderr.splitlines()
+    named = [line.split()[1] for line in lines if line[:1] in {"✔", "✘", "–"}]
+    return named == list(KFP_LOG_STEPS) and len(lines) == len(KFP_LOG_STEPS) + 1 and lines[0].startswith("step logs:")
+
+
 def _fake_kfp_output() -> None:
     """What kfp.local prints while a pipeline runs: on whatever sys.stdout is at the time."""
     print(KFP_LOG.read_text(), end="")
@@ -319,7 +352,9 @@ def test_run_local_json_is_one_document_and_step_logs_go_elsewhere(
     assert summary["gate"] == "pass" and summary["validation"] == {"accuracy": 0.9, "macro_f1": 0.8, "n": 100}
     log = Path(summary["log"])
     assert log.read_text() == KFP_LOG.read_text() and log.is_relative_to(Path(env["TSR_STATE_DIR"]))
-    assert "epoch 2/2" in result.stderr, "without progress bars the steps' output streams to stderr"
+    assert "epoch 2/2" in result.stderr, "without progress bars each step's row reaches stderr"
+    assert "Executing task" not in result.stderr, "kfp.local's own output stays in the log file"
+    assert _one_row_per_step(result.stderr), result.stderr
 
     quiet = invoke(env, *args, "--json", "--quiet")
     assert "epoch 2/2" not in quiet.stderr and one_json_document(quiet.stdout)["run_id"] == "local-test"
@@ -356,7 +391,9 @@ def test_demo_prints_its_summary_then_one_json_line_or_the_json_alone(
         "prometheus": None,
     }
 
-    def fake_run_demo(cfg: Any, out: Console, err: Console, on_extract: Any = None) -> dict[str, Any]:
+    def fake_run_demo(
+        cfg: Any, out: Console, err: Console, on_extract: Any = None, on_download: Any = None
+    ) -> dict[str, Any]:
         _fake_kfp_output()
         return summary
 
@@ -368,9 +405,36 @@ def test_demo_prints_its_summary_then_one_json_line_or_the_json_alone(
     text = flat(result.stdout)
     assert "validation accuracy 98.77%" in text and "gate pass" in text and "1/1 correct" in text
     assert "Executing task" not in result.stdout, "the steps' output is not on stdout"
+    assert _one_row_per_step(result.stderr), result.stderr
 
     alone = invoke(env, "demo", "--epochs", "1", "--json")
     assert alone.exit_code == 0 and one_json_document(alone.stdout) == summary
+
+
+def test_loop_keeps_the_pipeline_runs_output_in_the_log_file(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tsr loop --once` runs the pipeline twice (bootstrap, retrain): kfp.local's output of both goes to
+    the log file; the terminal gets the loop's own lines, a row per step and the summary."""
+    summary = {"model_name": NAME, "champion_before": "v1", "champion_after": "v2", "outcome": "retrained"}
+
+    def fake_run_loop(cfg: Any, store: Any, state: Path, say: Any = None) -> dict[str, Any]:
+        assert cfg.recipe == "champion", "the champion's recipe is the default"
+        say("serving champion v1")
+        _fake_kfp_output()  # the bootstrap run
+        _fake_kfp_output()  # the retrain
+        return summary
+
+    monkeypatch.setattr("tsr.local.loop.run_loop", fake_run_loop)
+    result = invoke(env, "loop", "--once", "--data", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    assert one_json_document(result.stdout) == summary
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("step logs:") and "serving champion v1" in lines
+    assert len(lines) == 2 + 2 * len(KFP_LOG_STEPS), result.stderr
+    assert "Executing task" not in result.stderr + result.stdout
+    (log,) = (Path(env["TSR_STATE_DIR"]) / "kfp-local" / "logs").iterdir()
+    assert log.read_text() == 2 * KFP_LOG.read_text()
 
 
 # ---- data download and extraction -------------------------------------------------------------------------
@@ -387,8 +451,8 @@ def test_demo_extraction_reports_bytes(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("TSR_GTSRB_ARCHIVE", str(archive))
     monkeypatch.setenv("TSR_STATE_DIR", str(tmp_path / "state"))
     reports: list[tuple[int, int]] = []
-    source, download = find_data(None, Console(file=io.StringIO()), lambda d, t: reports.append((d, t)))
-    assert not download and len(list((Path(source) / "gtsrb" / "GTSRB" / "Training" / "00000").iterdir())) == 50
+    source = find_data(None, Console(file=io.StringIO()), lambda d, t: reports.append((d, t)))
+    assert len(list((Path(source) / "gtsrb" / "GTSRB" / "Training" / "00000").iterdir())) == 50
     assert reports[-1] == (archive.stat().st_size, archive.stat().st_size)
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from components.register.register import build_model_card
 from tsr.core.config import StoreConfig
 from tsr.core.registry import Registry
-from tsr.local.loop import LoopConfig, drift_rule, run_loop, shifted
+from tsr.local.loop import LoopConfig, champion_recipe, drift_rule, run_loop, shifted
 from tsr.local.prometheus_server import find_prometheus_binary
 
 pytestmark = pytest.mark.slow
@@ -25,6 +26,27 @@ def test_config_refuses_what_cannot_work() -> None:
         LoopConfig(data="x", images=100, drift_window=150)
 
 
+def test_the_retrain_repeats_the_champions_recipe_and_split() -> None:
+    """What register writes into the model card is enough to retrain the same way on the same split."""
+    data_card = {"seed": 7, "val_fraction": 0.25, "max_groups_per_class": 0, "source": "/data"}
+    train_params = {"arch": "tsrnet", "epochs": 18, "batch_size": 256, "lr": 0.2, "seed": 7, "threads": 0}
+    card = build_model_card("m", {"train_params": train_params}, {}, data_card, {"result": "pass"})
+    assert champion_recipe(card, "v1") == {
+        "arch": "tsrnet",
+        "epochs": 18,
+        "batch_size": 256,
+        "lr": 0.2,
+        "seed": 7,
+        "val_fraction": 0.25,
+        "max_groups_per_class": 0,
+    }
+    del card["data"]["max_groups_per_class"]  # a card registered before the split was recorded
+    with pytest.raises(ValueError, match=r"champion v1 does not record max_groups_per_class.*--quick"):
+        champion_recipe(card, "v1")
+    with pytest.raises(ValueError, match="recipe must be one of champion, quick"):
+        LoopConfig(data="x", recipe="slow")
+
+
 def test_shift_darkens_without_wrapping() -> None:
     image = np.array([[[0, 128, 255]]], dtype=np.uint8)
     assert shifted(image, 0.5).tolist() == [[[0, 64, 127]]]
@@ -36,6 +58,7 @@ def test_one_cycle_drift_alert_retrain_gate_promote_reload(
     cfg = LoopConfig(
         data=str(gtsrb_small),
         model_name="loop-test",
+        recipe="quick",  # more epochs than the 1-epoch bootstrap champion: a retrain that beats it
         epochs=3,
         bootstrap_epochs=1,
         max_groups_per_class=3,

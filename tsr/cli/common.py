@@ -155,13 +155,15 @@ def progress(as_json: bool = False, quiet: bool = False) -> ui.Activity:
 
 
 @contextlib.contextmanager
-def pipeline_output(activity: ui.Activity, echo: bool) -> Iterator[tuple[ui.PipelineWatcher, Path]]:
-    """kfp.local prints every step's output on stdout: send it to a log file in the state dir (and to
-    stderr when `echo`) and the steps to the progress display, so that stdout holds the result alone."""
+def pipeline_output(activity: ui.Activity, rows: bool) -> Iterator[tuple[ui.PipelineWatcher, Path]]:
+    """kfp.local prints every step's output, its executor's JSON and every artifact's metadata on
+    stdout (and logs through a handler on stdout): send all of it to a log file in the state dir, and
+    the steps to the progress display, or as one line per finished step to stderr when `rows` (no
+    progress is drawn), so that stdout holds the result alone and the terminal a line per step."""
     path = state_dir() / "kfp-local" / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     err.print(f"step logs: {path}", style="dim", markup=False, highlight=False, soft_wrap=True)
     with path.open("w", encoding="utf-8") as log:
-        watcher = ui.PipelineWatcher(activity, log, sys.stderr if echo else None)
+        watcher = ui.PipelineWatcher(activity, log, sys.stderr if rows else None)
         with contextlib.redirect_stdout(watcher):
             yield watcher, path

@@ -38,7 +38,8 @@ def prometheus_stop() -> None:
 @cli_errors()
 def demo(
     data_dir: Annotated[
-        Path | None, typer.Option(help="GTSRB root (else cached, the shared archive, or download)")
+        Path | None,
+        typer.Option(help="GTSRB root (else cached, $TSR_GTSRB_ARCHIVE or the shared archive, or download)"),
     ] = None,
     epochs: Annotated[
         int, typer.Option(min=1, help=f"training epochs (the default config uses {TrainConfig.epochs})")
@@ -62,7 +63,7 @@ def demo(
 
     Prints a summary table and, as its last line, the summary as one JSON object (what `make demo`
     and scripts read); --json prints that JSON line alone. The pipeline steps' output goes to a log
-    file in the state dir (and to stderr when no progress is drawn). Exits 3 (not 0) when the run
+    file in the state dir (when no progress is drawn, stderr gets one line per step). Exits 3 (not 0) when the run
     completes but the gate refuses the model.
     """
     from tsr.local.demo import DemoConfig, print_summary, run_demo
@@ -79,10 +80,16 @@ def demo(
     )
     with (
         progress(as_json, quiet) as activity,
-        pipeline_output(activity, echo=not activity.enabled and not quiet),
+        pipeline_output(activity, rows=not activity.enabled and not quiet),
     ):
         # The summary is printed below, once the progress display is gone.
-        summary = run_demo(cfg, Console(quiet=True), err, on_extract=activity.bar("extracting GTSRB", "bytes"))
+        summary = run_demo(
+            cfg,
+            Console(quiet=True),
+            err,
+            on_extract=activity.bar("extracting GTSRB", "bytes"),
+            on_download=activity.bar("downloading GTSRB", "bytes"),
+        )
     if not as_json:
         print_summary(summary, cfg.model_name, out)
     print(json.dumps(summary), flush=True)
@@ -95,8 +102,18 @@ def loop(
     data: Annotated[str, typer.Option(help="GTSRB/ImageFolder directory the runs train on")],
     once: Annotated[bool, typer.Option("--once", help="one cycle (the only mode: a loop runs on a cluster)")] = False,
     model_name: Annotated[str, typer.Option(help="registry model name")] = DEFAULT_MODEL_NAME,
-    epochs: Annotated[int, typer.Option(min=1, help="epochs of the retraining run")] = 3,
-    max_groups_per_class: Annotated[int, typer.Option(min=0, help="tracks per class (0: all)")] = 5,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="retrain --epochs on --max-groups-per-class tracks instead of the champion's own recipe "
+            "(a wiring demonstration: the gate refuses it against a fully trained champion)",
+        ),
+    ] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of a --quick retraining run")] = 3,
+    max_groups_per_class: Annotated[
+        int, typer.Option(min=0, help="tracks per class of the bootstrap and --quick runs (0: all)")
+    ] = 5,
     shift: Annotated[float, typer.Option(min=0.01, max=0.99, help="brightness factor of the simulated drift")] = 0.3,
     as_json: Annotated[bool, typer.Option("--json", help="the summary as one JSON document")] = False,
 ) -> None:
@@ -104,8 +121,10 @@ def loop(
 
     Serves the champion (training a first one if there is none), sends normal then darkened images,
     evaluates the TSRInputDrift rule's PromQL with a real Prometheus (when installed), posts the alert to
-    the retrain webhook receiver, which runs the pipeline; a model that passes the gate becomes champion
-    and the running predictor reloads it. Exits 3 when the cycle completes without a promotion.
+    the retrain webhook receiver, which runs the pipeline with the champion's own recipe (from its model
+    card: as long as the champion's training) or, with --quick, a few epochs on a few tracks; a model that
+    passes the gate becomes champion and the running predictor reloads it. The runs' step output goes to a
+    log file in the state dir. Exits 3 when the cycle completes without a promotion.
     """
     from tsr.local.loop import LoopConfig, run_loop
 
@@ -113,9 +132,19 @@ def loop(
         raise InvalidParameter("once", "only --once is supported locally; on a cluster Alertmanager drives the loop")
     check_data_source("data", data, must_exist=True)
     cfg = LoopConfig(
-        data=data, model_name=model_name, epochs=epochs, max_groups_per_class=max_groups_per_class, shift=shift
+        data=data,
+        model_name=model_name,
+        recipe="quick" if quick else "champion",
+        epochs=epochs,
+        max_groups_per_class=max_groups_per_class,
+        shift=shift,
     )
-    with common._store_session() as store:
+    # The pipeline runs' output (the bootstrap's and the retrain's) goes to a log file, one line per step here.
+    with (
+        progress(as_json) as activity,
+        pipeline_output(activity, rows=not activity.enabled),
+        common._store_session() as store,
+    ):
         summary = run_loop(cfg, store, state_dir() / "loop", say=lambda line: err.print(line, markup=False))
     if as_json:
         print(json.dumps(summary))

@@ -89,7 +89,7 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "loop": [
         "tsr loop --once --data .state/data",
-        "tsr loop --once --data .state/data --epochs 6 --max-groups-per-class 10 --json",
+        "tsr loop --once --quick --data .state/data --epochs 6 --max-groups-per-class 10 --json",
     ],
     "demo": [
         "tsr demo",

@@ -85,7 +85,7 @@ def pipeline_run_local(
     """Run the whole pipeline on this machine with kfp.local (store: configured or embedded MinIO).
 
     Every parameter is checked before the store starts or any step runs. The steps' output goes to
-    a log file in the state dir (and to stderr when no progress is drawn); stdout gets a summary
+    a log file in the state dir (when no progress is drawn, stderr gets one line per step); stdout gets a summary
     table, or with --json one object: run_id, seconds, champion, champion_uri, champion_from_this_run,
     gate, validation, test (when --test-data), report and log.
     """
@@ -110,7 +110,7 @@ def pipeline_run_local(
     check_local_params(params)
     with (
         progress(as_json, quiet) as activity,
-        pipeline_output(activity, echo=not activity.enabled and not quiet) as (watcher, log),
+        pipeline_output(activity, rows=not activity.enabled and not quiet) as (watcher, log),
         common._store_session() as store,
     ):
         result = run_local(params, store, state_dir() / "kfp-local")

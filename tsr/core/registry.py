@@ -5,18 +5,30 @@ Layout in the `models` bucket:
   <name>/<version>/model-card.json     metrics, parameters, lineage
   <name>/<version>/SHA256SUMS          sha256 of every file above; written last
   <name>/champion                      JSON pointing at a version; moved only after SHA256SUMS
+  <name>/_aliases/champion/history/<seq>.json   one immutable record per move, never overwritten
 
 A version without SHA256SUMS is incomplete: readers never list, resolve or load it.
+
+An alias moves by compare-and-swap (`ObjectStore.put_bytes_if`: a conditional PUT on MinIO, a locked
+replace in a directory store): of two promotions at the same moment exactly one moves it from a given
+state, the other reads again and either moves on from the new state (recording it as `previous`) or,
+when the alias already points where it wanted, reports that nothing moved. Each move then appends its
+record to the alias history; a move that died between the two is completed by the next one, since the
+alias record carries everything its history entry holds. `_aliases` starts with `_`, which no version
+id can (`check_name`), so publishing never touches it.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
+import random
 import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +42,8 @@ SUMS_FILE = "SHA256SUMS"
 CARD_FILE = "model-card.json"
 CHAMPION = "champion"
 DEFAULT_MODEL_NAME = "gtsrb-classifier"
+ALIAS_DIR = "_aliases"
+ALIAS_MOVE_ATTEMPTS = 50  # compare-and-swap rounds before a move gives up (each lost round is another's move)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -73,6 +87,29 @@ def parse_sums(text: str, source: str) -> dict[str, str]:
     if not sums:
         raise RegistryError(f"{source} is empty")
     return sums
+
+
+class AnyVersion(enum.Enum):
+    """The default of `set_alias(only_from=...)`: move whatever the alias points at now."""
+
+    ANY = "any"
+
+
+ANY_VERSION = AnyVersion.ANY
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """What `set_alias` did: `version` is where the alias points afterwards, `moved` whether this call
+    moved it, `previous` the version it pointed at before that move, `seq` the move's number in the
+    alias history, `reason` a phrase for people ("moved from X", "already points at X", ...)."""
+
+    alias: str
+    version: str | None
+    previous: str | None
+    moved: bool
+    seq: int
+    reason: str
 
 
 @dataclass
@@ -162,18 +199,87 @@ class Registry:
         progress(len(sums_bytes))
         return version
 
-    def set_alias(self, name: str, version: str, alias: str = CHAMPION) -> None:
+    def set_alias(
+        self, name: str, version: str, alias: str = CHAMPION, *, only_from: str | AnyVersion | None = ANY_VERSION
+    ) -> AliasMove:
+        """Point `alias` at a complete `version`, atomically against concurrent moves, and record the move.
+
+        Re-pointing it where it already points is a no-op (`moved=False`, no history entry). With
+        `only_from`, the alias moves only while it still points at that version (None: while it does
+        not exist yet): how a gate that compared the model with the champion it saw promotes it without
+        overriding a champion that another run set meanwhile. Raises `RegistryError` when the version is
+        not complete, or when the alias kept changing under `ALIAS_MOVE_ATTEMPTS` attempts.
+        """
         check_name(name)
+        check_name(alias, "alias")
         if not self.is_complete(name, version):
             raise RegistryError(f"cannot point {alias!r} at {self.uri(name, version)}: no such complete version")
-        previous = self.get_alias(name, alias)
-        record = {
-            "version": version,
-            "uri": self.uri(name, version),
-            "previous": previous,
-            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        self.store.put_bytes(f"{name}/{alias}", json.dumps(record, indent=2).encode(), "application/json")
+        key = f"{name}/{alias}"
+        move_id = secrets.token_hex(8)
+        for attempt in range(ALIAS_MOVE_ATTEMPTS):
+            current, etag = self._alias_record(name, alias)
+            if current is not None:
+                self._complete_history(name, alias, current)
+                if current.get("move_id") == move_id:  # an earlier round landed though its answer was lost
+                    return _moved(alias, current)
+            now = str(current["version"]) if current is not None else None
+            seq = int(current.get("seq", 0)) if current is not None else 0
+            if now == version:
+                return AliasMove(alias, now, _previous(current), False, seq, f"already points at {version}")
+            if only_from is not ANY_VERSION and now != only_from:
+                reason = f"it points at {now or 'no version'}, not at {only_from or 'no version'} as required"
+                return AliasMove(alias, now, _previous(current), False, seq, reason)
+            record = {
+                "version": version,
+                "uri": self.uri(name, version),
+                "previous": now,
+                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+                "seq": seq + 1,
+                "move_id": move_id,
+            }
+            if self.store.put_bytes_if(key, json.dumps(record, indent=2).encode(), etag, "application/json"):
+                self._complete_history(name, alias, record)
+                return _moved(alias, record)
+            time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # another move won this round
+        raise RegistryError(
+            f"cannot move {alias!r} of {self.store.uri(name)} to {version}: it changed under {ALIAS_MOVE_ATTEMPTS} "
+            "attempts in a row (concurrent moves); try again"
+        )
+
+    def _alias_record(self, name: str, alias: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The alias object and its ETag, or (None, None) when the alias does not exist."""
+        try:
+            data, etag = self.store.get_bytes_etag(f"{name}/{alias}")
+        except FileNotFoundError:
+            return None, None
+        record: dict[str, Any] = json.loads(data)
+        return record, etag
+
+    def _history_key(self, name: str, alias: str, seq: int) -> str:
+        return f"{name}/{ALIAS_DIR}/{alias}/history/{seq:010d}.json"
+
+    def _complete_history(self, name: str, alias: str, record: dict[str, Any]) -> None:
+        """Write the history entry of `record` unless it is there: create-only, so never overwritten.
+
+        A record written before the history existed (no `seq`) is entry 0.
+        """
+        key = self._history_key(name, alias, int(record.get("seq", 0)))
+        if not self.store.exists(key):
+            self.store.put_bytes_if(key, json.dumps(record, indent=2).encode(), None, "application/json")
+
+    def alias_history(self, name: str, alias: str = CHAMPION) -> list[dict[str, Any]]:
+        """Every move of `alias`, oldest first (each record: version, uri, previous, updated, seq).
+
+        The current record is included even when a move died before appending its entry."""
+        prefix = f"{name}/{ALIAS_DIR}/{alias}/history/"
+        entries = {}
+        for key in self.store.list(prefix):
+            record = json.loads(self.store.get_bytes(key))
+            entries[int(record.get("seq", 0))] = record
+        current, _ = self._alias_record(name, alias)
+        if current is not None:
+            entries.setdefault(int(current.get("seq", 0)), current)
+        return [entries[seq] for seq in sorted(entries)]
 
     # ---- reading ---------------------------------------------------------------------------
     def is_complete(self, name: str, version: str) -> bool:
@@ -245,6 +351,17 @@ class Registry:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+
+def _moved(alias: str, record: dict[str, Any]) -> AliasMove:
+    previous = _previous(record)
+    reason = f"moved from {previous}" if previous else "created"
+    return AliasMove(alias, str(record["version"]), previous, True, int(record["seq"]), reason)
+
+
+def _previous(record: dict[str, Any] | None) -> str | None:
+    previous = record.get("previous") if record is not None else None
+    return str(previous) if previous else None
 
 
 def _matches(directory: Path, sums: dict[str, str]) -> bool:

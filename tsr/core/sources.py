@@ -130,12 +130,39 @@ def local_copy(
         return
     root = Path(source)
     if download:
-        import torchvision
-
-        with _download_progress(on_download):
-            for split in ("train", "test"):
-                torchvision.datasets.GTSRB(str(root), split=split, download=True)
+        download_gtsrb(root, ("train", "test"), on_download)
     yield root
+
+
+class DownloadError(DataError):
+    """GTSRB could not be downloaded; `reason` is urllib's or torchvision's own, in one phrase."""
+
+    def __init__(self, root: Path, reason: str) -> None:
+        super().__init__(f"GTSRB could not be downloaded into {root}: {reason}")
+        self.reason = reason
+
+
+def download_gtsrb(root: Path, splits: tuple[str, ...], on_download: ProgressCallback | None = None) -> None:
+    """torchvision's GTSRB download of `splits` into `root` (its layout: root/gtsrb/GTSRB/...).
+
+    Without network access torchvision fails deep in urllib with a long traceback; any failure
+    (unresolvable host, refused connection, HTTP error, checksum mismatch) becomes one `DataError`
+    line (`DownloadError`) saying that GTSRB could not be downloaded and why, so that callers can add
+    how to give the data instead.
+    """
+    import urllib.error
+
+    import torchvision
+
+    try:
+        with _download_progress(on_download):
+            for split in splits:
+                torchvision.datasets.GTSRB(str(root), split=split, download=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad md5 is torchvision's RuntimeError
+        reason: object = exc
+        if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+            reason = exc.reason  # "[Errno -2] Name or service not known", not "<urlopen error ...>"
+        raise DownloadError(root, str(reason)) from exc
 
 
 @contextmanager

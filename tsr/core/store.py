@@ -7,6 +7,8 @@ behaves exactly like MinIO for them (keys, listing, atomic whole-object writes).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import io
 import os
 import re
@@ -42,6 +44,11 @@ _TRANSIENT_S3_CODES = frozenset(
 )
 
 
+# What a conditional PUT answers when another writer came first (412), deleted the object (404 on If-Match)
+# or is writing it right now (409): the caller reads again and decides anew.
+_CONDITION_FAILED_CODES = frozenset({"PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"})
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, S3Error):
         return exc.code in _TRANSIENT_S3_CODES
@@ -60,12 +67,20 @@ def _summarize(exc: BaseException) -> str:
 
 
 class ObjectStore(Protocol):
+    """Whole-object reads and writes. `put_bytes_if` is the one compare-and-swap: with `etag=None` it
+    creates the object only if it does not exist, else it replaces it only while its ETag (as returned
+    by `get_bytes_etag`) is still `etag`; False, not an error, when the condition does not hold."""
+
     bucket: str
 
     def uri(self, key: str) -> str: ...
     def ensure_bucket(self) -> None: ...
     def exists(self, key: str) -> bool: ...
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def put_bytes_if(
+        self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream"
+    ) -> bool: ...
+    def get_bytes_etag(self, key: str) -> tuple[bytes, str]: ...
     def put_file(self, key: str, path: Path) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def get_file(self, key: str, path: Path) -> None: ...
@@ -139,6 +154,38 @@ class S3Store:
         except Exception as exc:
             raise self._fail("upload", key, exc) from exc
 
+    def put_bytes_if(
+        self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """A conditional PUT: `If-None-Match: *` (create only) or `If-Match: <etag>` (replace only that).
+
+        The public `put_object` of the pinned `minio` client turns every header it does not know into
+        `x-amz-meta-*` user metadata, so the request goes through its `_put_object`, the same signed
+        single PUT that `put_object` sends for small objects. A 412 (the condition failed), a 404 (an
+        If-Match on an object deleted meanwhile) and a 409 (another conditional write in flight) mean
+        "someone else wrote first": False.
+        """
+        condition = {"If-None-Match": "*"} if etag is None else {"If-Match": etag}
+        try:
+            self.client._put_object(self.bucket, key, data, {"Content-Type": content_type, **condition})
+        except S3Error as exc:
+            if exc.code in _CONDITION_FAILED_CODES:
+                return False
+            raise self._fail("conditional upload", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("conditional upload", key, exc) from exc
+        return True
+
+    def get_bytes_etag(self, key: str) -> tuple[bytes, str]:
+        """The object and its ETag (quoted, as `If-Match` wants it back), from one GET."""
+        with self._downloading(key):
+            response = self.client.get_object(self.bucket, key)
+            try:
+                return response.read(), str(response.headers.get("ETag", ""))
+            finally:
+                response.close()
+                response.release_conn()
+
     def put_file(self, key: str, path: Path) -> None:
         try:
             self.client.fput_object(self.bucket, key, str(path))
@@ -210,6 +257,52 @@ class DirStore:
             fh.write(data)
         os.replace(tmp, target)
 
+    def put_bytes_if(
+        self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """The same compare-and-swap as S3's conditional PUT, for processes on this machine: a create is
+        a hard link of a finished temp file (fails if the name exists), a replace happens under an
+        exclusive lock of the bucket, after comparing the current content's md5 with `etag`."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            if etag is None:
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    return False
+                return True
+            with self._locked():
+                try:
+                    current = target.read_bytes()
+                except FileNotFoundError:
+                    return False
+                if _md5_etag(current) != etag:
+                    return False
+                os.replace(tmp, target)
+                return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def get_bytes_etag(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, _md5_etag(data)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive flock on `<bucket>/.tmp-lock` (a `.tmp-` name: never listed as a key)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".tmp-lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +337,11 @@ class DirStore:
 
     def remove(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+
+def _md5_etag(data: bytes) -> str:
+    """The ETag S3 gives a single-part object: its quoted md5 (a change detector, not a security check)."""
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
 
 
 def open_store(config: StoreConfig, bucket: str) -> ObjectStore:

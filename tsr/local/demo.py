@@ -29,9 +29,9 @@ from rich.text import Text
 from components.evaluate.config import GateConfig
 from components.train.config import TrainConfig
 from tsr.core.config import state_dir
-from tsr.core.dataset import split_by_group
+from tsr.core.dataset import DataError, split_by_group
 from tsr.core.registry import DEFAULT_MODEL_NAME, Registry
-from tsr.core.sources import list_source
+from tsr.core.sources import DownloadError, download_gtsrb, list_source
 from tsr.local.checkout import REPO_ROOT
 from tsr.local.loop import write_rules_file
 from tsr.local.prometheus_server import (
@@ -62,36 +62,74 @@ class DemoConfig:
     seed: int = TrainConfig.seed
 
 
-def find_data(
-    data_dir: Path | None, console: Console, on_progress: Callable[[int, int], None] | None = None
-) -> tuple[str, bool]:
-    """(source, download?): an explicit dir, the cached extraction, the shared archive, or torchvision's download.
+ARCHIVE_ENV = "TSR_GTSRB_ARCHIVE"
+# How to give the demo its data when it has none and cannot download it (the error names them all).
+DATA_HINT = (
+    f"give it the data with `tsr demo --data-dir DIR` (`make demo DEMO_DATA=DIR`; DIR holds gtsrb/GTSRB/Training) "
+    f"or {ARCHIVE_ENV}=/path/to/gtsrb-train-32.tar.gz"
+)
 
-    `on_progress(done, total)` follows the archive's extraction in compressed bytes read.
+
+def find_data(
+    data_dir: Path | None,
+    console: Console,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_download: Callable[[int, int], None] | None = None,
+) -> str:
+    """A local GTSRB root: an explicit dir, the cached extraction, the archive ($TSR_GTSRB_ARCHIVE, else
+    the shared one beside the checkout), or torchvision's download into the cache.
+
+    The download happens here, before any store or pipeline starts, so that a machine without
+    network access gets one line (`DataError`) saying how to give the data instead of a failed step.
+    Extraction and download write to a temporary folder renamed into place at the end: an interrupted
+    one never passes for a cached copy. `on_progress(done, total)` follows the archive's extraction in
+    compressed bytes read, `on_download(done, total)` the download in bytes.
     """
     if data_dir is not None:
         if not data_dir.is_dir():
             raise ValueError(f"--data-dir {data_dir} does not exist")
-        return str(data_dir), False
+        return str(data_dir)
     cached = state_dir() / "data"
     if (cached / "gtsrb" / "GTSRB" / "Training").is_dir():
-        return str(cached), False
-    archive = Path(os.environ.get("TSR_GTSRB_ARCHIVE", SHARED_ARCHIVE))
-    if archive.is_file():
-        console.print(f"extracting {archive} -> {cached}")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".extract-"))
-        # Stream mode reads the archive once, front to back, so the bytes read measure the progress
-        # (and only ever calls read(): the cast tells tarfile's type stubs so).
-        with archive.open("rb") as raw:
-            source = cast(BinaryIO, _ReadCounter(raw, on_progress)) if on_progress is not None else raw
-            with tarfile.open(fileobj=source, mode="r|*") as tar:
-                tar.extractall(tmp, filter="data")
+        return str(cached)
+    explicit = os.environ.get(ARCHIVE_ENV)
+    archive = Path(explicit) if explicit else SHARED_ARCHIVE
+    if explicit and not archive.is_file():
+        raise DataError(
+            f"{ARCHIVE_ENV}={explicit}: no such file (expected the GTSRB training archive gtsrb-train-32.tar.gz); "
+            "correct the path, or unset it to download GTSRB"
+        )
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".extract-"))
+    try:
+        if archive.is_file():
+            console.print(f"extracting {archive} -> {cached}", soft_wrap=True, markup=False, highlight=False)
+            # Stream mode reads the archive once, front to back, so the bytes read measure the progress
+            # (and only ever calls read(): the cast tells tarfile's type stubs so).
+            with archive.open("rb") as raw:
+                source = cast(BinaryIO, _ReadCounter(raw, on_progress)) if on_progress is not None else raw
+                with tarfile.open(fileobj=source, mode="r|*") as tar:
+                    tar.extractall(tmp, filter="data")
+        else:
+            console.print(
+                f"no local GTSRB copy (nor {archive}): downloading it with torchvision",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
+            try:
+                download_gtsrb(tmp, ("train",), on_download)
+            except DownloadError as exc:
+                raise DataError(
+                    f"GTSRB could not be downloaded ({exc.reason}) and there is no local copy: {DATA_HINT}"
+                ) from exc
+            for zipped in tmp.glob("gtsrb/*.zip"):  # extracted already; only the images are read
+                zipped.unlink()
         shutil.rmtree(cached, ignore_errors=True)
         tmp.rename(cached)
-        return str(cached), False
-    console.print("no local GTSRB copy: downloading with torchvision")
-    return str(cached), True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(cached)
 
 
 class _ReadCounter:
@@ -217,20 +255,25 @@ def copy_report(report: Path | None, summary: Path | None, out_dir: Path) -> Pat
 
 
 def run_demo(
-    cfg: DemoConfig, out: Console, err: Console, on_extract: Callable[[int, int], None] | None = None
+    cfg: DemoConfig,
+    out: Console,
+    err: Console,
+    on_extract: Callable[[int, int], None] | None = None,
+    on_download: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """The whole demo; the summary is printed on `out` and returned (the CLI prints it as JSON too).
 
-    `on_extract(done, total)` follows the extraction of the shared GTSRB archive, when that happens.
+    `on_extract(done, total)` follows the extraction of the shared GTSRB archive, `on_download` the
+    download of GTSRB, when either happens.
     """
     from pipelines.local_run import run_local
     from serving.process import stop_local_predictor
     from tsr.local.minio_server import store_session
 
-    source, download = find_data(cfg.data_dir, err, on_extract)
+    source = find_data(cfg.data_dir, err, on_extract, on_download)
     state = state_dir()
     with store_session() as store:
-        err.print(f"store: {store.describe()} ({store.origin})")
+        err.print(f"store: {store.describe()} ({store.origin})", soft_wrap=True, markup=False, highlight=False)
         params = {
             "data_source": source,
             "epochs": cfg.epochs,
@@ -240,7 +283,6 @@ def run_demo(
             "model_name": cfg.model_name,
             "deploy_mode": "local",
             "seed": cfg.seed,
-            "download": download,
         }
         result = run_local(params, store, state / "kfp-local")
         gate, accuracy = result.gate, result.accuracy

@@ -7,6 +7,15 @@ scraping the predictor (or, without Prometheus, the same threshold on the predic
 run of the same pipeline (kfp.local) -> its gate and champion comparison -> `champion` moves when
 the new model is better -> the running predictor hot-reloads it.
 
+The retrain repeats the champion's own recipe, read from its model card: architecture, epochs,
+batch size, learning rate and the data split (seed, validation share, tracks per class). The split
+matters most: the gate re-evaluates the champion on the new run's validation tracks, and a split drawn
+differently (another seed, another subset of tracks) puts tracks the champion trained on into it, so
+the champion scores near 100 % and no retrain can keep up. After a full `make demo` that recipe is the
+full training (about as long as the demo's). `quick` retrains a few epochs on a few tracks instead:
+it proves the wiring in a minute, and the gate refuses it against a fully trained champion (it
+passes only against a small bootstrapped one).
+
 The cycle never forces a promotion: when the gate refuses the new model, the summary says so and
 the old champion keeps serving. The shifted images are what a camera with a dirty lens or dusk
 light would send; retraining on the same data does not cure drift (it only proves the loop), which
@@ -37,12 +46,20 @@ from tsr.core.registry import CHAMPION, DEFAULT_MODEL_NAME, Registry
 DRIFT_ALERT = "TSRInputDrift"
 
 
+RECIPES = ("champion", "quick")
+# What a champion's model card must record for its recipe to be repeated (`champion_recipe`).
+_RECIPE_FIELDS = ("arch", "epochs", "batch_size", "lr", "seed", "val_fraction", "max_groups_per_class")
+
+
 @dataclass(frozen=True)
 class LoopConfig:
-    """One cycle. `bootstrap_epochs` trains a first champion when the registry has none."""
+    """One cycle. `bootstrap_epochs` trains a first champion when the registry has none. `recipe` is the
+    retrain's: "champion" (the champion's own, from its model card) or "quick" (`epochs` on
+    `max_groups_per_class` tracks, a wiring demonstration)."""
 
     data: str
     model_name: str = DEFAULT_MODEL_NAME
+    recipe: str = "champion"
     epochs: int = 3
     bootstrap_epochs: int = 1
     max_groups_per_class: int = 5
@@ -66,6 +83,29 @@ class LoopConfig:
             )
         if self.epochs < 1 or self.bootstrap_epochs < 1:
             raise ValueError("epochs and bootstrap_epochs must be >= 1")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+
+
+def champion_recipe(card: dict[str, Any], version: str) -> dict[str, Any]:
+    """The pipeline parameters that trained the champion `version`, from its model card.
+
+    The seed is the pipeline's one seed (the ingest split's and the training's), so repeating it with
+    the validation share and the tracks per class reproduces the champion's split on the same data.
+    """
+    params, data = card.get("params") or {}, card.get("data") or {}
+    recipe = {k: params[k] for k in ("arch", "epochs", "batch_size", "lr") if params.get(k) is not None}
+    seed = data.get("seed") if data.get("seed") is not None else params.get("seed")
+    if seed is not None:
+        recipe["seed"] = int(seed)
+    recipe |= {k: data[k] for k in ("val_fraction", "max_groups_per_class") if data.get(k) is not None}
+    missing = [k for k in _RECIPE_FIELDS if k not in recipe]
+    if missing:
+        raise ValueError(
+            f"the model card of champion {version} does not record {', '.join(missing)} (registered by an older "
+            "version): retrain with the quick recipe (`tsr loop --quick`), or register a new champion"
+        )
+    return recipe
 
 
 def load_images(source: str, n: int, seed: int) -> list[np.ndarray]:
@@ -309,10 +349,14 @@ def run_loop(
         say(f"alert condition true ({summary['evaluated_by']}): {rule.expr}")
 
         # 4. the webhook receiver starts a retraining run
+        if cfg.recipe == "champion":
+            recipe = champion_recipe(registry.read_card(cfg.model_name, champion_before), champion_before)
+        else:  # the bootstrap's split (same seed and tracks): a fair comparison with a bootstrapped champion
+            recipe = {"epochs": cfg.epochs, "seed": cfg.seed}
+        summary["retrain"] = {"recipe": cfg.recipe, **recipe}
+
         def retrain(run_id: str) -> Any:
-            return run_local(
-                {**base, "epochs": cfg.epochs, "seed": cfg.seed + 1, "run_id": run_id}, store, state / "kfp-local"
-            )
+            return run_local({**base, **recipe, "run_id": run_id}, store, state / "kfp-local")
 
         trigger = LocalTrigger(retrain)
         port = free_port()
@@ -333,7 +377,8 @@ def run_loop(
         if decision["outcome"] != "started":
             summary["outcome"] = f"webhook did not start a run: {decision['reason']}"
             return summary
-        say(f"webhook started retraining run {decision['run']} ({cfg.epochs} epoch(s))")
+        shown = ", ".join(f"{k} {v}" for k, v in recipe.items())
+        say(f"webhook started retraining run {decision['run']} ({cfg.recipe} recipe: {shown})")
         result = trigger.wait(decision["run"], cfg.timeout_s)
         summary.update(
             {

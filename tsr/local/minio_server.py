@@ -4,6 +4,10 @@ The binary comes from `make tools` (`go install github.com/minio/minio@<pinned>`
 .tools/bin) or from PATH. Credentials are generated once, kept in a 0600 file in the
 state folder (git-ignored) and reused, so the data a demo leaves behind stays readable
 by later `tsr` commands, which start the server on demand and stop it when they finish.
+
+What it stores is the owner's alone: `<state>/minio` and its data directory are 0700 (tightened
+on every start, also when an older version left them 0755) and the server runs under umask 077,
+so the objects it writes (models, datasets, credentials) are not readable by other local users.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from tsr.local.checkout import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
+PRIVATE_DIR_MODE = 0o700
+SERVER_UMASK = 0o077  # files MinIO creates: owner only, whatever the caller's umask
+
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 
 
@@ -49,6 +56,14 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and missing parents) and make it owner-only, also when it already existed with
+    wider permissions: a directory other local users can enter exposes whatever lies inside."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR_MODE)
+    return path
 
 
 def _healthy(port: int) -> bool:
@@ -87,7 +102,7 @@ class LocalMinio:
         if self.credentials_file.is_file():
             data = json.loads(self.credentials_file.read_text())
             return str(data["access_key"]), str(data["secret_key"])
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         access, secret = "tsr-" + secrets.token_hex(6), secrets.token_urlsafe(30)
         fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -121,7 +136,8 @@ class LocalMinio:
         """Start the server; `port` pins the S3 port (a restart on the endpoint clients already use)."""
         if self.binary is None:
             raise RuntimeError("no MinIO binary: run `make tools` (needs Go) or put `minio` on PATH")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
+        private_dir(self.data_dir)
         access, secret = self.credentials()
         port, console = port or free_port(), free_port()
         env = {
@@ -147,6 +163,7 @@ class LocalMinio:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                umask=SERVER_UMASK,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -192,17 +192,19 @@ class StepRecord:
 
 
 class PipelineWatcher(io.TextIOBase):
-    """Where `kfp.local` writes (see `pipelines.local_run`): every line goes to `log`, and to `echo`
-    when given (stderr when no progress is drawn); each step becomes one row of the Activity: a
-    spinner and its latest output line while it runs, the train step's epochs and the register step's
-    upload as bars, then ✔ or ✘.
+    """Where `kfp.local` writes (see `pipelines.local_run`): every line goes to `log` and nowhere else
+    (its executor inputs and outputs, every artifact's metadata: tens of kilobytes a run); each step
+    becomes one row of the Activity: a spinner and its latest output line while it runs, the train
+    step's epochs and the register step's upload as bars, then ✔ or ✘. Without a drawn Activity,
+    `rows` (stderr) gets the same as plain text: one line per step when it ends, with its time and
+    last output line (a failed step's error).
     """
 
-    def __init__(self, activity: Activity, log: TextIO, echo: TextIO | None = None) -> None:
+    def __init__(self, activity: Activity, log: TextIO, rows: TextIO | None = None) -> None:
         super().__init__()
         self.activity = activity
         self.log = log
-        self.echo = echo
+        self.rows = rows
         self.steps: dict[str, StepRecord] = {}
         self._partial = ""
 
@@ -211,8 +213,6 @@ class PipelineWatcher(io.TextIOBase):
 
     def write(self, text: str) -> int:
         self.log.write(text)
-        if self.echo is not None:
-            self.echo.write(text)
         *complete, self._partial = (self._partial + text).split("\n")
         for line in complete:
             self._line(_ANSI.sub("", line))
@@ -220,8 +220,8 @@ class PipelineWatcher(io.TextIOBase):
 
     def flush(self) -> None:
         self.log.flush()
-        if self.echo is not None:
-            self.echo.flush()
+        if self.rows is not None:
+            self.rows.flush()
 
     def _step(self, task_name: str) -> StepRecord:
         step = self.steps.get(task_name)
@@ -279,6 +279,11 @@ class PipelineWatcher(io.TextIOBase):
         self.activity.finish(step.task, step.state, step.info)
         if step.started is not None:
             step.seconds = time.monotonic() - step.started
+        if self.rows is not None:
+            mark = _STATE_MARKS.get(step.state, ("?", ""))[0]
+            took = f"{step.seconds:6.1f} s" if step.seconds is not None else " " * 8
+            self.rows.write(f"{mark} {step.name:<12} {took}  {step.info}".rstrip() + "\n")
+            self.rows.flush()
 
 
 # ---- tables -----------------------------------------------------------------------------------------
