@@ -23,8 +23,7 @@ REJECTION_REASONS = (
     "image_too_large",  # more pixels (or bytes) than max_pixels / max_image_bytes
     "request_too_large",  # the encoded images of one request declare more than max_request_pixels
     "body_too_large",  # request body over max_request_bytes (HTTP 413)
-    "unknown_model",  # a model name this server does not serve (HTTP 404)
-    "bad_model_name",  # a model name that cannot be one ([a-z0-9-], DNS-1123 style) (HTTP 400)
+    "unknown_model",  # a model name this server does not serve, or that cannot be one (HTTP 404)
     "method_not_allowed",  # e.g. GET on a POST-only inference route (HTTP 405)
     "header_too_large",  # request line + headers over max_header_bytes (HTTP 431)
     "request_timeout",  # headers or body not received within header_timeout_s / body_timeout_s (HTTP 408)
