@@ -14,6 +14,9 @@ another model's reload, none of which this predictor has (kserve: 501 and 503). 
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
 import email.message
 import json
 import math
@@ -50,6 +53,46 @@ _MODEL_NAME_PATH = re.compile(
 # What a model name can be: KServe's InferenceService names are DNS-1123 labels.
 _VALID_MODEL_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _BINARY_HEADER = b"inference-header-content-length"
+
+
+# A request body at least this large makes the allocator take memory it then keeps (see MemoryTrimmer).
+TRIM_AFTER_BYTES = 1024 * 1024
+TRIM_DELAY_S = 1.0  # after the last large request, so a burst is trimmed once, once it is over
+
+
+def _libc_malloc_trim() -> Any:
+    """glibc's malloc_trim, or None (musl, macOS): returning freed heap memory to the system."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+class MemoryTrimmer:
+    """Gives freed heap memory back to the system after large requests.
+
+    A 15 MiB JSON body becomes hundreds of MiB of Python objects while it is parsed; once freed, glibc
+    keeps most of it in its arenas, so the predictor's RSS stays up after a burst of large requests
+    (815 -> 1,078 MiB over a red-team round). `malloc_trim(0)` hands the free pages back; it takes a few
+    ms, so it runs in a worker thread, once, `TRIM_DELAY_S` after the last large request.
+    """
+
+    def __init__(self) -> None:
+        self._trim = _libc_malloc_trim()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def after_large_request(self) -> None:
+        if self._trim is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(TRIM_DELAY_S, self._run, loop)
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        loop.run_in_executor(None, self._trim, 0)
 
 
 @dataclass
@@ -266,6 +309,7 @@ class RequestGuard:
         self.model_name = model_name
         self.max_request_bytes = max_request_bytes
         self.metrics = metrics
+        self.trimmer = MemoryTrimmer()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         is_http = scope["type"] == "http"
@@ -333,6 +377,8 @@ class RequestGuard:
                 return dict(await receive())  # http.disconnect
 
             await self.app(scope, replay, send_status)
+            if len(body) >= TRIM_AFTER_BYTES:
+                self.trimmer.after_large_request()
         finally:
             _CURRENT.reset(token)
             if status is not None:
