@@ -293,3 +293,29 @@ def test_process_budget_answers_503_and_live_stays_fast_while_decoding(
         assert counted == statuses.count(503)
         retry = _send_concurrently(url, [amplification_body(images=25)])[0]
         assert retry.status_code == 200 and len(retry.json()["predictions"]) == 25
+
+
+def test_flags_take_the_config_defaults_and_refuse_limits_that_cannot_work(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m serving`: the new limits default to ServeConfig's (written once, in serving/config.py);
+    a per-request budget the process budget can never hold is a usage error naming the flag."""
+    from serving.__main__ import config_from_args, parse_args
+    from serving.config import ServeConfig
+
+    cfg = config_from_args(parse_args(["--model", "m"]))
+    for name in ("max_request_pixels", "max_header_bytes", "header_timeout_s", "body_timeout_s"):
+        assert getattr(cfg, name) == getattr(ServeConfig, name), name
+    assert cfg.decode() == DecodeConfig() and cfg.limits() == CodecLimits()
+    for bad, needle in (
+        (
+            ["--max-request-pixels", "70000000"],
+            "argument --max-request-pixels: 70000000 is more than max_decode_pixels",
+        ),
+        (["--max-header-bytes", "10"], "argument --max-header-bytes: must be a whole number >= 1024"),
+        (["--header-timeout", "0"], "argument --header-timeout: must be > 0 seconds"),
+        (["--decode-threads", "0"], "argument --decode-threads: must be a whole number >= 1"),
+        (["--decode-wait", "-1"], "argument --decode-wait: must be >= 0 seconds"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["--model", "m", *bad])
+        assert exit_.value.code == 2
+        assert needle in capsys.readouterr().err, bad
