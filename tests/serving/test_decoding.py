@@ -14,7 +14,8 @@ import base64
 import io
 import json
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -163,9 +164,44 @@ def test_decoding_runs_off_the_event_loop() -> None:
 # ---- a real predictor process ----------------------------------------------------------------------
 
 
+# The prober runs in a process of its own, so that the test's client threads (sending the attack) do not
+# share its interpreter lock: what it measures is the server, not the test.
+_PROBER = """
+import asyncio, json, sys, time
+import httpx
+
+async def main(url, interval):
+    latencies, failures, tasks = [], [], []
+    limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await client.get(url)  # connect before measuring
+
+        async def probe():
+            started = time.perf_counter()
+            try:
+                resp = await client.get(url)
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+                return
+            latencies.append(time.perf_counter() - started)
+            if resp.status_code != 200:
+                failures.append(f"{resp.status_code} {resp.text[:200]}")
+
+        stop = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # EOF: stop
+        print("ready", flush=True)
+        while not stop.done():
+            tasks.append(asyncio.create_task(probe()))
+            await asyncio.sleep(interval)
+        await asyncio.gather(*tasks)
+    print(json.dumps({"latencies": latencies, "failures": failures}), flush=True)
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
 class LiveProbe:
-    """Sends GET /v2/health/live every 25 ms, each probe on its own (without waiting for the previous one),
-    and records each latency: a loop blocked for a second shows as 40 slow probes, not as one."""
+    """Sends GET /v2/health/live every 25 ms from its own process, each probe without waiting for the
+    previous one, and records each latency: a loop blocked for a second shows as 40 slow probes, not one."""
 
     INTERVAL_S = 0.025
 
@@ -173,39 +209,25 @@ class LiveProbe:
         self.url = url
         self.latencies: list[float] = []
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            await client.get(f"{self.url}/v2/health/live")  # connect before measuring
-
-            async def probe() -> None:
-                started = time.perf_counter()
-                try:
-                    resp = await client.get(f"{self.url}/v2/health/live")
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    return
-                self.latencies.append(time.perf_counter() - started)
-                if resp.status_code != 200:
-                    self.failures.append(f"{resp.status_code} {resp.text[:200]}")
-
-            tasks = []
-            while not self._stop.is_set():
-                tasks.append(asyncio.create_task(probe()))
-                await asyncio.sleep(self.INTERVAL_S)
-            await asyncio.gather(*tasks)
+        self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> LiveProbe:
-        self._thread.start()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _PROBER, f"{self.url}/v2/health/live", str(self.INTERVAL_S)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        assert self._proc.stdout.readline().strip() == "ready"
         time.sleep(0.3)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=300)
+        assert self._proc is not None
+        out, _ = self._proc.communicate(timeout=300)  # closes stdin: the prober stops
+        result = json.loads(out.strip().splitlines()[-1])
+        self.latencies, self.failures = result["latencies"], result["failures"]
 
     def check(self, what: str) -> str:
         """Most probes within LIVE_BOUND_S (the median and 80% of them: robust on a loaded 2-core machine)."""
