@@ -27,7 +27,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-image-bytes", type=int, default=ServeConfig.max_image_bytes, help="encoded bytes of one image"
     )
     parser.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=ServeConfig.max_request_pixels,
+        help="pixels of all encoded images in one request, read from their headers before decoding",
+    )
+    parser.add_argument(
         "--max-request-bytes", type=int, default=ServeConfig.max_request_bytes, help="bytes in one HTTP body"
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=ServeConfig.max_header_bytes,
+        help="bytes of one request's request line and headers (431 over it)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=ServeConfig.header_timeout_s,
+        help="seconds to receive a request's headers (408 after)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=ServeConfig.body_timeout_s,
+        help="longest pause in seconds inside a request body (408 after)",
+    )
+    parser.add_argument("--decode-threads", type=int, default=ServeConfig.decode_threads, help="image decoding threads")
+    parser.add_argument(
+        "--max-decode-pixels",
+        type=int,
+        default=ServeConfig.max_decode_pixels,
+        help="pixels being decoded at once in the whole process (more wait, then 503)",
+    )
+    parser.add_argument(
+        "--decode-wait",
+        type=float,
+        default=ServeConfig.decode_wait_s,
+        help="seconds a request waits for decoding room before a 503",
     )
     parser.add_argument(
         "--batch-size", type=int, default=ServeConfig.batch_size, help="images per forward pass (1 = no batching)"
@@ -89,17 +126,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"argument --feedback-{exc.param.replace('_', '-')}: {exc.reason}")
     if args.top_k < 1:
         parser.error(f"argument --top-k: must be >= 1, got {args.top_k}")
+    try:
+        config_from_args(args).options()
+        config_from_args(args).http_limits()
+    except InvalidParameter as exc:
+        parser.error(f"argument {_FLAGS.get(exc.param, exc.param)}: {exc.reason}")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Imported late so a bad flag is reported before torch and the model are loaded.
-    from serving.server import serve
-    from tsr.core.config import explicit_store_config
-    from tsr.core.registry import RegistryError, parse_model_spec
-    from tsr.core.store import StoreError
+# The config fields whose names differ from their flags, for error messages.
+_FLAGS = {
+    "max_batch": "--max-batch",
+    "max_pixels": "--max-pixels",
+    "max_image_bytes": "--max-image-bytes",
+    "max_request_pixels": "--max-request-pixels",
+    "threads": "--decode-threads",
+    "max_pixels_in_flight": "--max-decode-pixels",
+    "wait_s": "--decode-wait",
+    "max_header_bytes": "--max-header-bytes",
+    "header_timeout_s": "--header-timeout",
+    "body_timeout_s": "--body-timeout",
+}
 
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
     cfg = ServeConfig(
         model=args.model,
         model_name=args.model_name,
@@ -109,7 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=args.max_batch,
         max_pixels=args.max_pixels,
         max_image_bytes=args.max_image_bytes,
+        max_request_pixels=args.max_request_pixels,
         max_request_bytes=args.max_request_bytes,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        decode_threads=args.decode_threads,
+        max_decode_pixels=args.max_decode_pixels,
+        decode_wait_s=args.decode_wait,
         batch_size=args.batch_size,
         batch_wait_ms=args.batch_wait_ms,
         reload_interval_s=args.reload_interval,
@@ -122,6 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.cache_dir is not None:
         cfg.cache_dir = args.cache_dir
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Imported late so a bad flag is reported before torch and the model are loaded.
+    from serving.server import serve
+    from tsr.core.config import explicit_store_config
+    from tsr.core.registry import RegistryError, parse_model_spec
+    from tsr.core.store import StoreError
+
+    cfg = config_from_args(args)
     try:
         spec = parse_model_spec(args.model, args.model_name)
         store = None

@@ -4,6 +4,12 @@ Every image, whatever it arrived as, ends up as uint8 at the model's size throug
 `tsr.core.preprocessing`, so the predictor has exactly one path into the model. Client mistakes
 raise `InvalidInput` (HTTP 400) naming the instance, the field and the limit, because a
 bare "bad request" is useless to whoever has to fix the client.
+
+Decoding is two steps, `plan_*` then `DecodePlan.run`: the plan checks everything that is cheap to
+check (shapes, base64, every encoded image's format and size from its header, and the pixels of all
+of them together against `max_request_pixels`) without decoding a single pixel, so the predictor can
+refuse a decompression-amplification request, or reserve its pixels from the process's decoding
+budget, before paying for it. `decode_v1`/`decode_v2`/`decode_raw_image` do both steps at once.
 """
 
 from __future__ import annotations
@@ -12,20 +18,24 @@ import base64
 import binascii
 import math
 import struct
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
+from PIL import Image
 
 from serving.config import CodecLimits
 from tsr.core.preprocessing import (
     ImageDecodeError,
-    decode_image,
+    finish_image,
     float_chw_to_uint8,
     image_to_uint8,
+    open_image,
     resize_uint8,
 )
 
@@ -65,16 +75,73 @@ def _b64decode(text: str | bytes, where: str, limits: CodecLimits) -> bytes:
         raise Rejected("undecodable_image", f"{where}: invalid base64 ({exc})") from exc
 
 
-def decode_encoded_image(data: bytes, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
-    """PNG/JPEG/PPM bytes -> (3, S, S) uint8, through the shared decoder and its pixel guard."""
-    if len(data) > limits.max_image_bytes:
-        raise Rejected(
-            "image_too_large", f"{where}: image is {len(data)} bytes, limit is max_image_bytes={limits.max_image_bytes}"
-        )
+@dataclass
+class _Encoded:
+    """An encoded image whose header has been read and checked; its pixels are not decoded yet."""
+
+    image: Image.Image
+    where: str
+
+
+@dataclass
+class DecodePlan:
+    """One request checked down to its image headers; `run()` decodes what is left (in a worker thread).
+
+    `parts` are, in request order, batches that are already tensors (raw tensors cost nothing more) and
+    encoded images still to decode; `pixels` is the sum of those images' pixels, as their headers declare.
+    """
+
+    image_size: int
+    limits: CodecLimits
+    where: str  # the field that holds the images ("instances", "inputs[0] ('image')", "body")
+    parts: list[torch.Tensor | _Encoded] = field(default_factory=list)
+    pixels: int = 0
+
+    def add_encoded(self, data: bytes, where: str) -> None:
+        """Read the image's header, check its format and size, and count its pixels toward the request's."""
+        limits = self.limits
+        if len(data) > limits.max_image_bytes:
+            raise Rejected(
+                "image_too_large",
+                f"{where}: image is {len(data)} bytes, limit is max_image_bytes={limits.max_image_bytes}",
+            )
+        try:
+            # The per-image limit is checked below, with the request's own wording and reason.
+            image = open_image(data, source=where, max_pixels=sys.maxsize)
+        except ImageDecodeError as exc:
+            raise Rejected("undecodable_image", str(exc)) from exc
+        except MemoryError:
+            raise
+        except Exception as exc:  # whatever untrusted bytes make a header parser raise: the client's mistake
+            raise Rejected("undecodable_image", f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        width, height = image.size
+        _check_pixels(height, width, where, limits)
+        self.pixels += width * height
+        if self.pixels > limits.max_request_pixels:
+            raise Rejected(
+                "request_too_large",
+                f"{self.where}: the encoded images hold more than max_request_pixels={limits.max_request_pixels} "
+                f"pixels in one request ({self.pixels} up to {where}); send fewer or smaller images per request",
+            )
+        self.parts.append(_Encoded(image, where))
+
+    @property
+    def pending(self) -> bool:
+        """Whether `run()` still has images to decode (otherwise it only concatenates tensors)."""
+        return any(isinstance(p, _Encoded) for p in self.parts)
+
+    def run(self) -> torch.Tensor:
+        """Decode the encoded images and return the whole request as one (N, 3, S, S) uint8 batch."""
+        batches = [p if isinstance(p, torch.Tensor) else _finish(p, self.image_size).unsqueeze(0) for p in self.parts]
+        self.parts = []  # the encoded bytes are not needed any more
+        return torch.cat(batches)
+
+
+def _finish(encoded: _Encoded, image_size: int) -> torch.Tensor:
     try:
-        img = decode_image(data, source=where, max_pixels=limits.max_pixels)
+        img = finish_image(encoded.image, source=encoded.where)
     except ImageDecodeError as exc:
-        raise Rejected("undecodable_image", f"{exc} (max_pixels={limits.max_pixels})") from exc
+        raise Rejected("undecodable_image", str(exc)) from exc
     except MemoryError:
         raise
     except Exception as exc:
@@ -82,8 +149,19 @@ def decode_encoded_image(data: bytes, where: str, image_size: int, limits: Codec
         # lengths were damaged raises SyntaxError from load() (found by tests/serving/test_fuzz.py),
         # other plugins struct.error, IndexError, EOFError. Whatever untrusted bytes make the
         # decoder raise, the client sent an undecodable image: a 400, not a 500.
-        raise Rejected("undecodable_image", f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise Rejected(
+            "undecodable_image", f"{encoded.where}: cannot decode image ({type(exc).__name__}: {exc})"
+        ) from exc
+    finally:
+        encoded.image.close()
     return image_to_uint8(img, image_size)
+
+
+def decode_encoded_image(data: bytes, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
+    """PNG/JPEG/PPM bytes -> (3, S, S) uint8, through the shared decoder and its format and pixel checks."""
+    plan = DecodePlan(image_size, limits, where)
+    plan.add_encoded(data, where)
+    return plan.run()[0]
 
 
 def _check_pixels(height: int, width: int, where: str, limits: CodecLimits) -> None:
@@ -138,7 +216,8 @@ def _as_array(value: Any, where: str) -> np.ndarray:
 # ---- V1 ------------------------------------------------------------------------------------------
 
 
-def _v1_instance(instance: Any, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
+def _v1_instance(instance: Any, where: str, plan: DecodePlan) -> None:
+    image_size, limits = plan.image_size, plan.limits
     if isinstance(instance, dict):
         field = "b64"
         payload: Any = instance.get("b64")
@@ -150,8 +229,8 @@ def _v1_instance(instance: Any, where: str, image_size: int, limits: CodecLimits
                 f"{where}: expected {{'b64': <base64 image>}} or {{'image_bytes': {{'b64': ...}}}}, "
                 f"got keys {sorted(instance)}",
             )
-        data = _b64decode(payload, f"{where}.{field}", limits)
-        return decode_encoded_image(data, f"{where}.{field}", image_size, limits).unsqueeze(0)
+        plan.add_encoded(_b64decode(payload, f"{where}.{field}", limits), f"{where}.{field}")
+        return
     if isinstance(instance, list):
         arr = _as_array(instance, where)
         if arr.ndim != 3:
@@ -160,29 +239,46 @@ def _v1_instance(instance: Any, where: str, image_size: int, limits: CodecLimits
             )
         # JSON has no dtypes: integers mean uint8 HWC, any decimal point means float CHW in [0, 1].
         if arr.dtype.kind in "iu":
-            return uint8_hwc_to_batch(arr[None], where, image_size, limits)
-        return float_chw_to_batch(arr[None], where, image_size, limits)
+            plan.parts.append(uint8_hwc_to_batch(arr[None], where, image_size, limits))
+        else:
+            plan.parts.append(float_chw_to_batch(arr[None], where, image_size, limits))
+        return
     raise Rejected(
         "malformed_json",
         f"{where}: expected an object with 'b64' or a nested list tensor, got {type(instance).__name__}",
     )
 
 
-def decode_v1(body: Any, image_size: int, limits: CodecLimits) -> torch.Tensor:
-    """`{"instances": [...]}` (or the TF-Serving style `{"inputs": [...]}`) -> (N, 3, S, S) uint8."""
+def plan_v1(body: Any, image_size: int, limits: CodecLimits) -> DecodePlan:
+    """`{"instances": [...]}` (or the TF-Serving style `{"inputs": [...]}`), checked; `run()` gives (N, 3, S, S)."""
     key = "instances" if isinstance(body, dict) and "instances" in body else "inputs"
     if not isinstance(body, dict) or not isinstance(body.get(key), list):
         raise Rejected("malformed_json", "request body must be a JSON object with an 'instances' list")
     instances: list[Any] = body[key]
     _check_batch(len(instances), key, limits)
-    return torch.cat([_v1_instance(inst, f"{key}[{i}]", image_size, limits) for i, inst in enumerate(instances)])
+    plan = DecodePlan(image_size, limits, key)
+    for i, inst in enumerate(instances):
+        _v1_instance(inst, f"{key}[{i}]", plan)
+    return plan
+
+
+def decode_v1(body: Any, image_size: int, limits: CodecLimits) -> torch.Tensor:
+    """`{"instances": [...]}` (or the TF-Serving style `{"inputs": [...]}`) -> (N, 3, S, S) uint8."""
+    return plan_v1(body, image_size, limits).run()
+
+
+def plan_raw_image(body: bytes, image_size: int, limits: CodecLimits) -> DecodePlan:
+    """A V1 body that is itself a PNG/JPEG/PPM file (content-type image/* or octet-stream), checked."""
+    if not body:
+        raise Rejected("empty_batch", "request body is empty; send one PNG, JPEG or PPM image")
+    plan = DecodePlan(image_size, limits, "body")
+    plan.add_encoded(body, "body")
+    return plan
 
 
 def decode_raw_image(body: bytes, image_size: int, limits: CodecLimits) -> torch.Tensor:
     """A V1 body that is itself a PNG/JPEG/PPM file (content-type image/* or octet-stream) -> (1, 3, S, S)."""
-    if not body:
-        raise Rejected("empty_batch", "request body is empty; send one PNG, JPEG or PPM image")
-    return decode_encoded_image(body, "body", image_size, limits).unsqueeze(0)
+    return plan_raw_image(body, image_size, limits).run()
 
 
 # ---- V2 ------------------------------------------------------------------------------------------
@@ -219,14 +315,14 @@ def _v2_shape(inp: InferInput, where: str) -> list[int]:
     return [int(s) for s in shape]
 
 
-def _v2_bytes(inp: InferInput, where: str, image_size: int, limits: CodecLimits) -> torch.Tensor:
+def _v2_bytes(inp: InferInput, where: str, plan: DecodePlan) -> None:
+    limits = plan.limits
     shape = _v2_shape(inp, where)
     elements = _flatten(_v2_data(inp))
     declared = math.prod(shape) if shape else 0
     if declared != len(elements):
         raise Rejected("bad_shape", f"{where}: shape {shape} declares {declared} images but data holds {len(elements)}")
     _check_batch(len(elements), where, limits)
-    images = []
     for i, element in enumerate(elements):
         item = f"{where}.data[{i}]"
         if isinstance(element, str):
@@ -236,8 +332,7 @@ def _v2_bytes(inp: InferInput, where: str, image_size: int, limits: CodecLimits)
             data = _raw_or_base64(bytes(element))
         else:
             raise Rejected("bad_dtype", f"{item}: expected a base64 string, got {type(element).__name__}")
-        images.append(decode_encoded_image(data, item, image_size, limits))
-    return torch.stack(images)
+        plan.add_encoded(data, item)
 
 
 def _raw_or_base64(data: bytes) -> bytes:
@@ -269,17 +364,25 @@ def _v2_tensor(inp: InferInput, where: str, image_size: int, limits: CodecLimits
     return float_chw_to_batch(arr.astype(np.float32, copy=False), where, image_size, limits)
 
 
-def decode_v2(request: InferRequest, image_size: int, limits: CodecLimits) -> torch.Tensor:
-    """An InferRequest with one BYTES, UINT8 or FP32 input -> (N, 3, S, S) uint8."""
+def plan_v2(request: InferRequest, image_size: int, limits: CodecLimits) -> DecodePlan:
+    """An InferRequest with one BYTES, UINT8 or FP32 input, checked; `run()` gives (N, 3, S, S) uint8."""
     inputs: Sequence[InferInput] = request.inputs or []
     if len(inputs) != 1:
         raise Rejected("bad_shape", f"inputs: expected exactly one input tensor, got {len(inputs)}")
     inp = inputs[0]
     where = f"inputs[0] ({inp.name!r})"
+    plan = DecodePlan(image_size, limits, where)
     if inp.datatype == "BYTES":
-        return _v2_bytes(inp, where, image_size, limits)
-    if inp.datatype in ("UINT8", "FP32"):
-        return _v2_tensor(inp, where, image_size, limits)
-    raise Rejected(
-        "bad_dtype", f"{where}: datatype {inp.datatype} is not supported; use one of {SUPPORTED_V2_DATATYPES}"
-    )
+        _v2_bytes(inp, where, plan)
+    elif inp.datatype in ("UINT8", "FP32"):
+        plan.parts.append(_v2_tensor(inp, where, image_size, limits))
+    else:
+        raise Rejected(
+            "bad_dtype", f"{where}: datatype {inp.datatype} is not supported; use one of {SUPPORTED_V2_DATATYPES}"
+        )
+    return plan
+
+
+def decode_v2(request: InferRequest, image_size: int, limits: CodecLimits) -> torch.Tensor:
+    """An InferRequest with one BYTES, UINT8 or FP32 input -> (N, 3, S, S) uint8."""
+    return plan_v2(request, image_size, limits).run()

@@ -34,10 +34,60 @@ class CodecLimits:
     max_batch: int = 256
     max_pixels: int = 4_000_000
     max_image_bytes: int = 16 * 1024 * 1024
+    # All encoded images of one request together, read from their headers before any is decoded: a
+    # 581-byte palette PNG can declare 2000x2000 pixels, so max_batch small files could otherwise ask
+    # for a billion pixels of decoding. Raw tensors are not counted: their pixels are in the body.
+    max_request_pixels: int = 16_000_000
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_pixels < 1 or self.max_image_bytes < 1:
-            raise ValueError(f"codec limits must be positive, got {self}")
+        for name in ("max_batch", "max_pixels", "max_image_bytes", "max_request_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidParameter(name, f"must be a whole number >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How the process decodes images: never on the event loop, and never more at once than it can afford.
+
+    Every request's images are decoded in a pool of `threads` worker threads (Pillow releases the GIL
+    while it decodes), so health probes and small requests are answered while large ones decode. A request
+    first reserves its pixels (from the image headers) out of `max_pixels_in_flight`; when the process is
+    already decoding that much, it waits at most `wait_s` for room, then gets a 503 (retry later).
+    """
+
+    threads: int = 2
+    max_pixels_in_flight: int = 64_000_000
+    wait_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "max_pixels_in_flight"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidParameter(name, f"must be a whole number >= 1, got {value!r}")
+        if not math.isfinite(self.wait_s) or self.wait_s < 0:
+            raise InvalidParameter("wait_s", f"must be >= 0 seconds, got {self.wait_s}")
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Bounds on one HTTP connection, enforced in the HTTP protocol (serving/http.py) before the app runs.
+
+    Without them a client could send a 60 MiB header (read and answered), or hold a connection, and its
+    buffers, forever by sending its headers or body a byte every few seconds.
+    """
+
+    max_header_bytes: int = 32 * 1024  # request line + all headers -> 431
+    header_timeout_s: float = 10.0  # from the first byte (or the connection) to the end of the headers -> 408
+    body_timeout_s: float = 30.0  # longest pause between two pieces of a body still expected -> 408
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_header_bytes, int) or self.max_header_bytes < 1024:
+            raise InvalidParameter("max_header_bytes", f"must be a whole number >= 1024, got {self.max_header_bytes!r}")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise InvalidParameter(name, f"must be > 0 seconds, got {value}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +167,7 @@ class PredictorOptions:
     """How the predictor runs; `tsr serve` / `python -m serving` flags map onto these one to one."""
 
     limits: CodecLimits = field(default_factory=CodecLimits)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     threads: int = 0  # torch intra-op threads; 0 = every core this process may use
     reload_interval_s: float = 0.0  # poll the registry alias this often; 0 = only on POST .../load
@@ -136,6 +187,13 @@ class PredictorOptions:
             raise ValueError("load_retries, load_backoff_s and load_backoff_max_s must be >= 0")
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.limits.max_request_pixels > self.decode.max_pixels_in_flight:
+            # Such a request could never get its pixels reserved: every one would wait, then 503.
+            raise InvalidParameter(
+                "max_request_pixels",
+                f"{self.limits.max_request_pixels} is more than max_decode_pixels="
+                f"{self.decode.max_pixels_in_flight}, so a request at the limit could never be decoded",
+            )
 
     def load_waits(self) -> list[float]:
         """The waits before each retry: exponential, capped, `load_retries` of them."""
@@ -159,7 +217,14 @@ class ServeConfig:
     max_batch: int = CodecLimits.max_batch  # images in one request
     max_pixels: int = CodecLimits.max_pixels  # pixels in one image (checked before it is decoded)
     max_image_bytes: int = CodecLimits.max_image_bytes  # encoded bytes of one image
+    max_request_pixels: int = CodecLimits.max_request_pixels  # all encoded images of one request (from headers)
     max_request_bytes: int = 64 * 1024 * 1024  # one HTTP body (checked before it is parsed)
+    max_header_bytes: int = HttpLimits.max_header_bytes  # request line + headers of one HTTP request
+    header_timeout_s: float = HttpLimits.header_timeout_s  # to receive a request's headers
+    body_timeout_s: float = HttpLimits.body_timeout_s  # longest pause inside a request body
+    decode_threads: int = DecodeConfig.threads  # image decoding threads (never the event loop)
+    max_decode_pixels: int = DecodeConfig.max_pixels_in_flight  # pixels being decoded at once, process-wide
+    decode_wait_s: float = DecodeConfig.wait_s  # wait for decoding room before a 503
     batch_size: int = BatchingConfig.max_batch_size  # images per forward pass when batched; 1 = no batching
     batch_wait_ms: float = BatchingConfig.max_wait_s * 1000  # extra wait for a fuller batch
     reload_interval_s: float = PredictorOptions.reload_interval_s  # poll the registry alias; 0 = only on request
@@ -171,11 +236,29 @@ class ServeConfig:
     feedback: FeedbackConfig | None = None  # log sampled inputs + predictions to s3:// (off by default)
 
     def limits(self) -> CodecLimits:
-        return CodecLimits(max_batch=self.max_batch, max_pixels=self.max_pixels, max_image_bytes=self.max_image_bytes)
+        return CodecLimits(
+            max_batch=self.max_batch,
+            max_pixels=self.max_pixels,
+            max_image_bytes=self.max_image_bytes,
+            max_request_pixels=self.max_request_pixels,
+        )
+
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            max_header_bytes=self.max_header_bytes,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+        )
+
+    def decode(self) -> DecodeConfig:
+        return DecodeConfig(
+            threads=self.decode_threads, max_pixels_in_flight=self.max_decode_pixels, wait_s=self.decode_wait_s
+        )
 
     def options(self) -> PredictorOptions:
         return PredictorOptions(
             limits=self.limits(),
+            decode=self.decode(),
             batching=BatchingConfig(max_batch_size=self.batch_size, max_wait_s=self.batch_wait_ms / 1000),
             threads=self.threads,
             reload_interval_s=self.reload_interval_s,

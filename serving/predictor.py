@@ -31,8 +31,9 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from torch import nn
 
 from serving.batcher import DynamicBatcher
-from serving.codec import Rejected, decode_raw_image, decode_v1, decode_v2
+from serving.codec import Rejected, plan_raw_image, plan_v1, plan_v2
 from serving.config import TOP_K, PredictorOptions, default_cache_dir
+from serving.decoding import DecodeOverloaded, Decoder, Planner
 from serving.feedback import FeedbackLogger
 from serving.guard import note_rejection
 from serving.monitoring.metrics import CHANNELS, PredictorMetrics, default_metrics
@@ -45,8 +46,6 @@ from tsr.core.store import StoreError
 
 log = logging.getLogger(__name__)
 
-# Bodies up to this size are decoded on the event loop; a 64 KiB body is at most a few ms of work.
-INLINE_DECODE_BYTES = 64 * 1024
 # V1 bodies with these content types are one encoded image, not JSON.
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -113,6 +112,7 @@ class TSRPredictor(Model):
         self.options = options or PredictorOptions()
         self.limits = self.options.limits
         self.threads = resolve_threads(self.options.threads)
+        self.decoder = Decoder(self.options.decode, self.limits)
         self.metrics = metrics or default_metrics()
         self._loaded: LoadedModel | None = None
         self._reload_lock = asyncio.Lock()
@@ -314,6 +314,7 @@ class TSRPredictor(Model):
             if task is not None:
                 task.cancel()
         self.batcher.close()
+        self.decoder.close()
         if self.feedback is not None:
             self.feedback.stop()  # uploads what is queued, for at most FeedbackConfig.flush_timeout_s
         self.ready = False
@@ -324,13 +325,13 @@ class TSRPredictor(Model):
         size = self.config.preprocess.image_size
         try:
             if isinstance(payload, InferRequest):
-                images = await self._decode(decode_v2, payload, size, headers)
+                images = await self._decode(plan_v2, payload, size)
                 protocol = "v2"
             else:
                 content_type = (headers or {}).get("content-type", "")
                 if isinstance(payload, bytes) and content_type.startswith(RAW_IMAGE_TYPES):
                     # `curl --data-binary @sign.png -H 'content-type: image/png'`: the body is one image.
-                    images = await self._decode(decode_raw_image, payload, size, headers)
+                    images = await self._decode(plan_raw_image, payload, size)
                 else:
                     if isinstance(payload, bytes | str):
                         # kserve passes the body through undecoded when the content-type is not JSON (curl -d).
@@ -338,11 +339,15 @@ class TSRPredictor(Model):
                             payload = orjson.loads(payload)
                         except orjson.JSONDecodeError as exc:
                             raise Rejected("malformed_json", f"request body is not valid JSON: {exc}") from exc
-                    images = await self._decode(decode_v1, payload, size, headers)
+                    images = await self._decode(plan_v1, payload, size)
                 payload, protocol = None, "v1"
         except Rejected as exc:
             if not note_rejection(exc.category):  # gRPC: no HTTP middleware to count it
                 self.metrics.rejected.labels(self.name, exc.category).inc()
+            raise
+        except DecodeOverloaded:
+            if not note_rejection("overloaded"):
+                self.metrics.rejected.labels(self.name, "overloaded").inc()
             raise
         self.metrics.request_images.labels(self.name, protocol).observe(images.shape[0])
         return PreparedBatch(images=images, protocol=protocol, request=payload)
@@ -365,14 +370,9 @@ class TSRPredictor(Model):
             return self._v2_response(probs, result["request"], model)
         return {"predictions": self.describe(probs, model.config.class_names, self.options.top_k)}
 
-    async def _decode(self, decode: Any, payload: Any, size: int, headers: dict[str, str] | None) -> torch.Tensor:
-        """Small HTTP bodies decode on the loop (a thread hop would cost more than the decode);
-        anything larger, or of unknown size (gRPC), in a worker thread."""
-        length = (headers or {}).get("content-length", "")
-        if length.isdigit() and int(length) <= INLINE_DECODE_BYTES:
-            images: torch.Tensor = decode(payload, size, self.limits)
-            return images
-        return await asyncio.to_thread(decode, payload, size, self.limits)
+    async def _decode(self, planner: Planner, payload: Any, size: int) -> torch.Tensor:
+        """Never on the event loop: a few hundred bytes can ask for seconds of decoding (serving/decoding.py)."""
+        return await self.decoder.decode(planner, payload, size)
 
     # ---- forward pass and metrics --------------------------------------------------------------
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import prometheus_client
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
 from kserve import ModelServer
 from kserve.constants.constants import KSERVE_TLS_CERT_FILE_ENV, KSERVE_TLS_KEY_FILE_ENV
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
@@ -28,9 +31,12 @@ from kserve.model import BaseKServeModel
 from kserve.model_repository import ModelRepository
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.config import ServeConfig
-from serving.guard import RequestGuard, validation_error_handler
+from serving.config import HttpLimits, ServeConfig
+from serving.decoding import DecodeOverloaded
+from serving.guard import RequestGuard, note_rejection, validation_error_handler
+from serving.http import guarded_protocol
 from serving.monitoring.metrics import PredictorMetrics, default_metrics
 from serving.predictor import ModelSource, TSRPredictor
 from tsr.core.config import StoreConfig
@@ -72,11 +78,21 @@ class ReadinessDataPlane(DataPlane):
 
 
 class TSRModelServer(ModelServer):
-    """KServe's ModelServer, able to start before its model is loaded (see the module docstring)."""
+    """KServe's ModelServer, able to start before its model is loaded (see the module docstring),
+    whose HTTP connections have header size and read time limits (serving/http.py)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, http_protocol: type | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataplane = ReadinessDataPlane(model_registry=self.registered_models)
+        self.http_protocol = http_protocol
+
+    def setup_event_loop(self) -> None:
+        """Called by `start` after it built the REST server and before the server runs: the one point
+        where uvicorn's config can still be changed (kserve passes no protocol option through)."""
+        super().setup_event_loop()
+        rest = getattr(self, "_rest_server", None)
+        if self.http_protocol is not None and rest is not None and not rest.config.loaded:
+            rest.config.http = self.http_protocol
 
     def _register_and_check_atleast_one_model_is_ready(self, models: Sequence[BaseKServeModel]) -> None:
         """KServe registers only ready models and refuses to start without one; register them all,
@@ -105,8 +121,37 @@ class _QuietNotReady(logging.Filter):
         return True
 
 
+# Every character that could end or forge a log line (C0 controls, DEL, C1 controls, Unicode line breaks).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r"}.get(char, f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+class OneLineFormatter(logging.Formatter):
+    """Wraps a handler's formatter so that each record is exactly one line.
+
+    Log lines carry what clients sent (a model name from the URL, a field of a refused request); a
+    newline in one (`%0a` in a URL) would write a forged, well-formed line into the log, a NUL would
+    break readers. Control characters, tracebacks' newlines included, are written escaped (`\\n`).
+    """
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _CONTROL.sub(_escape, self.inner.format(record))
+
+
+_LOGGERS = ("", "serving", "tsr", "kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
 def configure_logging() -> None:
-    """KServe configures only its own loggers; ours (load retries, reloads) get its format on stderr."""
+    """KServe configures only its own loggers; ours (load retries, reloads) get its format on stderr.
+    Every handler of the process writes one line per record (`OneLineFormatter`)."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(KSERVE_LOGGER_FORMAT, KSERVE_LOGGER_DATE_FORMAT))
     for name in ("serving", "tsr"):
@@ -122,6 +167,25 @@ def configure_logging() -> None:
     kserve_logger = logging.getLogger("kserve")
     if not any(isinstance(f, _QuietNotReady) for f in kserve_logger.filters):
         kserve_logger.addFilter(_QuietNotReady())
+    for name in _LOGGERS:
+        for each in logging.getLogger(name).handlers:
+            if not isinstance(each.formatter, OneLineFormatter):
+                each.setFormatter(OneLineFormatter(each.formatter))
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> ORJSONResponse:
+    """Starlette answers its own errors (no route, method not allowed, a body it cannot parse) with
+    `{"detail": ...}`; every error of this server is `{"error": ...}` (README, Errors)."""
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    detail = exc.detail if isinstance(exc, StarletteHTTPException) else str(exc)
+    headers = getattr(exc, "headers", None)
+    return ORJSONResponse(status_code=status, content={"error": str(detail)}, headers=headers)
+
+
+async def overloaded_handler(request: Request, exc: Exception) -> ORJSONResponse:
+    """A request that found the process's decoding budget taken (serving/decoding.py): 503, retry later."""
+    note_rejection("overloaded")
+    return ORJSONResponse(status_code=503, content={"error": str(exc)}, headers={"retry-after": "1"})
 
 
 def install_http_guard(cfg: ServeConfig, metrics: PredictorMetrics) -> None:
@@ -136,6 +200,17 @@ def install_http_guard(cfg: ServeConfig, metrics: PredictorMetrics) -> None:
             metrics=metrics,
         )
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    app.add_exception_handler(DecodeOverloaded, overloaded_handler)
+
+
+def http_protocol(limits: HttpLimits, model_name: str, metrics: PredictorMetrics) -> type:
+    """uvicorn's protocol class for this server: refusals below the app are counted like the others."""
+
+    def count(reason: str) -> None:
+        metrics.rejected.labels(model_name, reason).inc()
+
+    return guarded_protocol(limits, count)
 
 
 def serve(cfg: ServeConfig, store: StoreConfig | None) -> None:
@@ -151,6 +226,7 @@ def serve(cfg: ServeConfig, store: StoreConfig | None) -> None:
     repository = TSRModelRepository()
     install_http_guard(cfg, metrics)
     server = TSRModelServer(
+        http_protocol=http_protocol(cfg.http_limits(), cfg.model_name, metrics),
         http_port=cfg.http_port,
         grpc_port=cfg.grpc_port if cfg.grpc_port is not None else _UNUSED_GRPC_PORT,
         enable_grpc=cfg.grpc_port is not None,

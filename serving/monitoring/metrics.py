@@ -21,8 +21,14 @@ REJECTION_REASONS = (
     "empty_batch",  # zero images
     "batch_too_large",  # more images than max_batch
     "image_too_large",  # more pixels (or bytes) than max_pixels / max_image_bytes
+    "request_too_large",  # the encoded images of one request declare more than max_request_pixels
     "body_too_large",  # request body over max_request_bytes (HTTP 413)
-    "unknown_model",  # a model name this server does not serve (HTTP 404)
+    "unknown_model",  # a model name this server does not serve, or that cannot be one (HTTP 404)
+    "method_not_allowed",  # e.g. GET on a POST-only inference route (HTTP 405)
+    "header_too_large",  # request line + headers over max_header_bytes (HTTP 431)
+    "request_timeout",  # headers or body not received within header_timeout_s / body_timeout_s (HTTP 408)
+    "invalid_http",  # not parseable as HTTP/1.1 (e.g. a space in the URL) (HTTP 400)
+    "overloaded",  # the process was decoding max_decode_pixels already for decode_wait_s (HTTP 503)
     "bad_request",  # any other client mistake
 )
 CHANNELS = ("red", "green", "blue")

@@ -208,3 +208,40 @@ def test_png_with_a_damaged_chunk_length_is_rejected() -> None:
     assert "body: cannot decode image (broken PNG file" in str(info.value)
     with pytest.raises(Rejected, match=r"instances\[0\]\.b64: cannot decode image"):
         decode_v1({"instances": [{"b64": _b64(bytes(png))}]}, SIZE, LIMITS)
+
+
+def _palette_png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("P", (side, side), 0).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_request_pixels_are_budgeted_from_the_headers(protocol: str) -> None:
+    """Regression (red team, issue 17): a few hundred bytes of PNG declare millions of pixels; the pixels of
+    all images of a request together are checked against max_request_pixels before any is decoded."""
+    limits = CodecLimits(max_pixels=10_000, max_request_pixels=25_000)
+    image = _palette_png(100)  # 10,000 pixels in ~100 bytes
+    three = [_b64(image)] * 3
+    if protocol == "v1":
+        send: Any = lambda images: decode_v1({"instances": [{"b64": i} for i in images]}, SIZE, limits)  # noqa: E731
+        where = "instances"
+    else:
+        send = lambda images: decode_v2(_v2("BYTES", [len(images)], images), SIZE, limits)  # noqa: E731
+        where = "inputs[0] ('x')"
+    with pytest.raises(Rejected) as info:
+        send(three)
+    assert info.value.category == "request_too_large"
+    assert str(info.value).startswith(f"{where}: the encoded images hold more than max_request_pixels=25000 pixels")
+    assert send(three[:2]).shape == (2, 3, SIZE, SIZE)  # 20,000 pixels: within the budget
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "WEBP"])
+def test_formats_outside_png_jpeg_ppm_are_refused(fmt: str) -> None:
+    """Regression (red team, issue 17): GIF/TIFF/WebP bytes sent as PNG were decoded."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, fmt)
+    with pytest.raises(Rejected) as info:
+        decode_raw_image(buf.getvalue(), SIZE, LIMITS)
+    assert info.value.category == "undecodable_image"
+    assert str(info.value) == f"body: image format {fmt} is not accepted; send one of PNG, JPEG, PPM"

@@ -6,15 +6,19 @@
   loaded, and every 200 answer is a complete prediction of the expected version.
 - MinIO unreachable at start: readiness 503 while the load is retried with backoff, one log line
   per attempt; ready once MinIO is up; a clear non-zero exit when the retry budget runs out.
+- Slow (slowloris, stalled bodies) and decompression-amplifying clients at once: ordinary traffic is
+  still answered, each attacking connection is closed within its timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +38,7 @@ from serving.monitoring.metrics import PredictorMetrics
 from serving.predictor import ModelSource, PredictorOptions, TSRPredictor
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
+from tests.serving.test_decoding import amplification_body
 from tsr.core.config import StoreConfig
 from tsr.core.processes import free_port, stop_child
 from tsr.core.registry import Registry
@@ -361,3 +366,51 @@ def test_a_refusing_store_is_not_retried(minio: StoreConfig, tmp_path: Path) -> 
     assert time.monotonic() - started < 10, "a refusal must not wait for a retry"
     assert not refused.value.transient and "SignatureDoesNotMatch" in str(refused.value)
     assert not predictor.ready and predictor.model_version is None
+
+
+def test_slow_and_amplifying_clients_do_not_starve_the_others(tmp_path: Path) -> None:
+    """Red team (issue 17) at once: 20 connections dripping their headers, 20 that announce a body and stall,
+    and amplification bodies (76 palette PNGs of 2000x2000 in 60 KB) on repeat, while two clients send
+    ordinary requests: every ordinary request is answered 200, every attacking connection is closed within
+    its timeout, and the server is as responsive afterwards as before."""
+    model_dir = make_model_dir(tmp_path / "m", seed=5)
+    port = free_port()
+    args = ["--model", str(model_dir), "--model-name", NAME, "--http-port", str(port), "--threads", "1"]
+    args += ["--header-timeout", "2", "--body-timeout", "2"]
+    head = f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\n"
+    env = {"TSR_STATE_DIR": str(tmp_path / "state")}
+    with running_predictor(args, tmp_path / "server.log", env=env, name=NAME) as url:
+        with Traffic(url).running(clients=2) as traffic:
+            slow: list[socket.socket] = []
+            for i in range(40):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                # half drip their headers, half announce 1000 bytes of body and send 10
+                sock.sendall(
+                    head[:20].encode() if i % 2 else (head + "content-length: 1000\r\n\r\n").encode() + b"{" * 10
+                )
+                slow.append(sock)
+            started = time.monotonic()
+            amplified = []
+            with httpx.Client(timeout=60) as client:
+                while time.monotonic() - started < 3:
+                    for sock in slow[1::2]:  # the drippers keep dripping
+                        with contextlib.suppress(OSError):
+                            sock.sendall(b"x")
+                    resp = client.post(f"{url}/v1/models/{NAME}:predict", content=amplification_body())
+                    amplified.append(resp.status_code)
+            closed_by = []
+            for sock in slow:
+                sock.settimeout(10)
+                try:
+                    while sock.recv(65536):
+                        pass
+                except OSError:
+                    pass
+                closed_by.append(time.monotonic() - started)
+                sock.close()
+        assert set(amplified) == {400}, amplified
+        assert max(closed_by) < 2 + 6, f"attacking connections held for {max(closed_by):.1f}s"
+        answers = traffic.answers
+        assert len(answers) >= 3 and all(a.status == 200 for a in answers), [a.status for a in answers][:20]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert _metric(metrics, "tsr_requests_rejected_total", f'model="{NAME}",reason="request_timeout"') >= 40

@@ -6,6 +6,8 @@ import asyncio
 import base64
 import io
 import json
+import logging
+import re
 import struct
 import subprocess
 import sys
@@ -13,12 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from serving.server import OneLineFormatter
 from tests.conftest import make_model_dir
 from tests.serving.predictor_process import running_predictor
 from tsr.core.preprocessing import load_image_file
@@ -352,3 +356,100 @@ def test_v1_raw_image_as_octet_stream(server: Server, image_paths: list[Path]) -
     as_json = httpx.post(url, content=body, headers={"content-type": "application/octet-stream"}, timeout=30)
     assert as_json.status_code == 200, as_json.text
     assert as_json.json()["predictions"] == as_b64
+
+
+FORGED = "2026-12-03 07:00:00.000 1 serving.predictor INFO FORGED"
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", f"/v1/models/evil%0a{quote(FORGED)}:predict"),
+        ("POST", f"/v2/models/evil%0d%0a{quote(FORGED)}/infer"),
+        ("GET", f"/v2/models/evil%0a{quote(FORGED)}/ready"),
+        ("GET", f"/v1/models/evil%0a{quote(FORGED)}"),
+        ("POST", "/v1/models/evil%00FORGED:predict"),
+        ("POST", f"/v2/repository/models/evil%0a{quote(FORGED)}/load"),
+    ],
+)
+def test_model_names_cannot_forge_log_lines(server: Server, method: str, path: str) -> None:
+    """Regression (red team, issue 17): `%0a` in the model name wrote a forged, well-formed line into the
+    predictor's log (kserve logs 'Model with name X does not exist'), `%00` a NUL. A name that is not a
+    DNS-1123 label is refused (404, one line) before it reaches a log, and every log record is one line."""
+    resp = httpx.request(method, f"{server.url}{path}", json={"instances": []}, timeout=30)
+    assert resp.status_code == 404, resp.text
+    error = resp.json()["error"]
+    assert "is not a valid model name" in error and f"this server serves '{NAME}'" in error
+    assert "\n" not in error and "\x00" not in error
+    text = server.log.read_text(errors="replace")
+    assert "\x00" not in text
+    for line in text.splitlines():
+        assert not line.startswith(FORGED), line
+        if "FORGED" in line:
+            assert _LOG_LINE.match(line), line
+
+
+def test_log_records_are_one_line_each() -> None:
+    """Every handler the predictor configures escapes control characters, tracebacks' newlines included."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(OneLineFormatter(logging.Formatter("%(levelname)s %(message)s")))
+    logger = logging.getLogger("tests.one_line")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("name %s", "a\nINFO forged\r\x00\x1b[31m\u2028b")
+        try:
+            raise ValueError("bad\nline")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0] == "WARNING name a\\nINFO forged\\r\\x00\\x1b[31m\\u2028b"
+    assert lines[1].startswith("ERROR failed\\nTraceback") and "ValueError: bad\\nline" in lines[1]
+
+
+def test_get_on_the_predict_route_is_405(server: Server) -> None:
+    """Regression (red team, issue 17): GET /v1/models/<name>:predict answered 404 'Model with name
+    <name>:predict does not exist' (KServe's GET /v1/models/{name} took the verb for part of the name)."""
+    before = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for method, path in (("GET", f"/v1/models/{NAME}:predict"), ("PUT", f"/v2/models/{NAME}/infer")):
+        resp = httpx.request(method, f"{server.url}{path}", timeout=30)
+        assert resp.status_code == 405, (path, resp.text)
+        assert resp.headers["allow"] == "POST"
+        assert resp.json() == {"error": f"{method} is not allowed on {path}; inference takes POST"}
+    after = httpx.get(f"{server.url}/metrics", timeout=10).text
+    reason = {"model": NAME, "reason": "method_not_allowed"}
+    assert (
+        _metric(after, "tsr_requests_rejected_total", **reason)
+        == _metric(before, "tsr_requests_rejected_total", **reason) + 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", f"/v2/models/{NAME}/infer", b'{"inputs": "\xe9"}', 400),  # not UTF-8
+        ("POST", f"/v2/models/{NAME}/infer", b"[" * 100_000 + b"]" * 100_000, 400),  # nested past the parser
+        ("GET", "/no/such/route", b"", 404),
+        ("DELETE", f"/v2/models/{NAME}", b"", 405),
+    ],
+)
+def test_every_error_is_an_error_object(server: Server, method: str, path: str, body: bytes, status: int) -> None:
+    """Regression (red team, issue 17): FastAPI/Starlette's own errors (a V2 body it cannot parse, no such
+    route, a method a route does not take) answered `{"detail": ...}`; the documented shape is `{"error": ...}`."""
+    headers = {"content-type": "application/json"}
+    resp = httpx.request(method, f"{server.url}{path}", content=body, headers=headers, timeout=30)
+    assert resp.status_code == status, resp.text
+    assert set(resp.json()) == {"error"} and isinstance(resp.json()["error"], str), resp.text
+
+
+def test_oversized_header_gets_431_at_the_default_limit(server: Server) -> None:
+    """Regression (red team, issue 17): a 60 MiB header was read and answered 200; the default limit is 32 KiB."""
+    resp = httpx.get(f"{server.url}/v2/health/live", headers={"x-big": "a" * (64 * 1024)}, timeout=30)
+    assert resp.status_code == 431, resp.text
+    assert "max_header_bytes=32768" in resp.json()["error"]
+    assert httpx.get(f"{server.url}/v2/health/live", headers={"x-ok": "a" * 16 * 1024}, timeout=30).status_code == 200

@@ -12,9 +12,11 @@ from tsr.core.preprocessing import (
     PreprocessConfig,
     channel_stats,
     decode_image,
+    finish_image,
     float_chw_to_uint8,
     image_to_uint8,
     load_image_file,
+    open_image,
     prepare,
     to_model_input,
 )
@@ -96,3 +98,49 @@ def test_config_round_trips_and_validates() -> None:
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="contrast"):
         PreprocessConfig(contrast="clahe")
+
+
+def _encoded(fmt: str, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (12, 10), (200, 10, 10) if mode == "RGB" else 1).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "WEBP", "BMP", "ICO"])
+def test_formats_outside_the_allowlist_are_refused_by_name(fmt: str) -> None:
+    """Regression (red team, issue 17): GIF, TIFF and WebP bytes were decoded (sent as 'PNG'); only
+    PNG/JPEG/PPM are read now, and the error names the format and what is accepted."""
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(_encoded(fmt), source="instances[0].b64")
+    assert str(info.value) == f"instances[0].b64: image format {fmt} is not accepted; send one of PNG, JPEG, PPM"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("PNG", "RGB"), ("PNG", "P"), ("JPEG", "RGB"), ("PPM", "RGB"), ("MPO", "RGB")]
+)
+def test_allowed_formats_decode(fmt: str, mode: str) -> None:
+    """PNG (any mode), JPEG (MPO is a JPEG with a second picture, as phone cameras write them) and PPM."""
+    img = decode_image(_encoded(fmt, mode), source="x")
+    assert img.mode == "RGB" and img.size == (12, 10)
+
+
+def test_open_image_reads_the_header_only() -> None:
+    """The size is known, and checked, before any pixel is decoded (the predictor sums it per request)."""
+    buf = io.BytesIO()
+    Image.new("P", (2000, 2000)).save(buf, "PNG", optimize=True)
+    img = open_image(buf.getvalue(), source="x")
+    assert img.size == (2000, 2000) and img.format == "PNG"
+    assert img._im is None  # nothing decoded yet (Pillow allocates the pixels in load())
+    with pytest.raises(ImageDecodeError, match="4000000 pixels, limit is 1000"):
+        open_image(buf.getvalue(), source="x", max_pixels=1000)
+    assert finish_image(img, source="x").size == (2000, 2000)
+
+
+def test_training_data_formats_pass_the_allowlist(gtsrb_root: Path) -> None:
+    """GTSRB's training images are PPM files; every one the archive holds opens under the allowlist."""
+    training = gtsrb_root / "gtsrb" / "GTSRB" / "Training"
+    suffixes = {p.suffix for p in training.rglob("*") if p.is_file() and p.suffix != ".csv"}
+    assert suffixes == {".ppm"}, suffixes
+    for class_dir in sorted(training.iterdir())[:43]:
+        path = next(iter(sorted(class_dir.glob("*.ppm"))))
+        assert open_image(path.read_bytes(), source=str(path)).format == "PPM"

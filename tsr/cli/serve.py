@@ -24,6 +24,10 @@ from tsr.local import ui
         "sample_rate": "feedback_sample_rate",
         "max_per_minute": "feedback_max_per_minute",
         "retention_days": "feedback_retention_days",
+        "max_pixels_in_flight": "max_decode_pixels",
+        "wait_s": "decode_wait",
+        "header_timeout_s": "header_timeout",
+        "body_timeout_s": "body_timeout",
     }
 )
 def serve(
@@ -53,6 +57,25 @@ def serve(
     max_request_bytes: Annotated[
         int, typer.Option(min=1, help="largest HTTP body accepted")
     ] = ServeConfig.max_request_bytes,
+    max_request_pixels: Annotated[
+        int, typer.Option(min=1, help="pixels of all encoded images in one request, read from their headers")
+    ] = ServeConfig.max_request_pixels,
+    max_header_bytes: Annotated[
+        int, typer.Option(min=1024, help="bytes of one request's request line and headers (431 over it)")
+    ] = ServeConfig.max_header_bytes,
+    header_timeout: Annotated[
+        float, typer.Option(help="seconds to receive a request's headers (408 after)")
+    ] = ServeConfig.header_timeout_s,
+    body_timeout: Annotated[
+        float, typer.Option(help="longest pause in seconds inside a request body (408)")
+    ] = ServeConfig.body_timeout_s,
+    decode_threads: Annotated[int, typer.Option(min=1, help="image decoding threads")] = ServeConfig.decode_threads,
+    max_decode_pixels: Annotated[
+        int, typer.Option(min=1, help="pixels being decoded at once in the process (more wait, then 503)")
+    ] = ServeConfig.max_decode_pixels,
+    decode_wait: Annotated[
+        float, typer.Option(min=0.0, help="seconds a request waits for decoding room before a 503")
+    ] = ServeConfig.decode_wait_s,
     load_retries: Annotated[
         int, typer.Option(min=0, help="first load: retries while the store is unreachable (0 = exit at once)")
     ] = ServeConfig.load_retries,
@@ -90,9 +113,6 @@ def serve(
     if grpc_port == http_port:
         raise InvalidParameter("grpc_port", f"{grpc_port} is also the --http-port; use two different ports")
 
-    # Late: kserve and torch take seconds to import; every other command starts without them.
-    from serving.server import serve as run_server
-
     feedback = feedback_config(feedback_uri, feedback_sample_rate, feedback_max_per_minute, feedback_retention_days)
     cfg = ServeConfig(
         model=model,
@@ -106,10 +126,23 @@ def serve(
         reload_interval_s=reload_interval,
         top_k=top_k,
         max_request_bytes=max_request_bytes,
+        max_request_pixels=max_request_pixels,
+        max_header_bytes=max_header_bytes,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        decode_threads=decode_threads,
+        max_decode_pixels=max_decode_pixels,
+        decode_wait_s=decode_wait,
         load_retries=load_retries,
         load_backoff_s=load_backoff,
         feedback=feedback,
     )
+    # A limit that can never work (max_request_pixels over max_decode_pixels) is refused before anything starts.
+    cfg.options()
+    cfg.http_limits()
+    # Late: kserve and torch take seconds to import; every other command starts without them.
+    from serving.server import serve as run_server
+
     if spec.needs_store or feedback is not None:  # feedback data goes to the registry's store
         with common._store_session() as store:
             run_server(cfg, store)

@@ -63,23 +63,61 @@ class PreprocessConfig:
 CONTRAST_MODES = {"equalize", "none"}
 
 
-def decode_image(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode PNG/JPEG/PPM bytes to RGB, refusing oversized images before the pixels are read."""
+# The formats anything here decodes, by Pillow's name for them (`Image.open(...).format`). Training data
+# (GTSRB's PPM files, ImageFolder datasets of PNG/JPEG) and predictor requests share this list; every other
+# plugin Pillow has (GIF, TIFF, WebP, BMP, ICO, PSD, ...) is more parser code facing untrusted bytes for no
+# use here. MPO is how Pillow names a JPEG with an extra picture appended (phone cameras write them); only
+# the first picture is read. "PPM" covers the whole netpbm family Pillow reads (P1-P6: PBM, PGM, PPM).
+ALLOWED_IMAGE_FORMATS = ("PNG", "JPEG", "PPM")  # Pillow's JPEG plugin opens MPO files itself
+
+
+def _format_of(data: bytes) -> str | None:
+    """Pillow's name for a format it can read but this project does not, for the error message."""
     try:
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        if w * h > max_pixels:
-            raise ImageDecodeError(f"{source}: image is {w}x{h} = {w * h} pixels, limit is {max_pixels}")
-        img.load()
-        return img.convert("RGB")
-    except ImageDecodeError:
-        raise
+        with Image.open(io.BytesIO(data)) as img:  # header only; the pixels are never decoded
+            return img.format
+    except Exception:  # only naming the refusal: whatever Pillow makes of the bytes
+        return None
+
+
+def open_image(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read only the header of PNG/JPEG/PPM bytes: the format and size are checked before any pixel is decoded.
+
+    Pillow's `Image.open` is lazy (it parses the header and stops), so a caller can add up the pixels of
+    many images (the predictor's per-request budget) before paying for decoding any of them. Formats
+    outside ALLOWED_IMAGE_FORMATS are refused by name; `finish_image` decodes what this returns.
+    """
+    try:
+        img = Image.open(io.BytesIO(data), formats=list(ALLOWED_IMAGE_FORMATS))
     except UnidentifiedImageError as exc:  # PIL's own message names a BytesIO object, not the input
-        what = "empty input" if not data else "not a PNG, JPEG, PPM or other image PIL can read"
-        raise ImageDecodeError(f"{source}: cannot decode image ({what})") from exc
+        if not data:
+            raise ImageDecodeError(f"{source}: cannot decode image (empty input)") from exc
+        allowed = ", ".join(ALLOWED_IMAGE_FORMATS)
+        fmt = _format_of(data)
+        if fmt is not None:
+            raise ImageDecodeError(f"{source}: image format {fmt} is not accepted; send one of {allowed}") from exc
+        raise ImageDecodeError(f"{source}: cannot decode image (not a {allowed} file)") from exc
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         # Pillow's decoders raise SyntaxError/struct.error on damaged chunks (found by the fuzz tests).
         raise ImageDecodeError(f"{source}: cannot decode image ({exc})") from exc
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageDecodeError(f"{source}: image is {w}x{h} = {w * h} pixels, limit is {max_pixels}")
+    return img
+
+
+def finish_image(img: Image.Image, *, source: str) -> Image.Image:
+    """Decode the pixels of an image `open_image` returned, as RGB."""
+    try:
+        img.load()
+        return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"{source}: cannot decode image ({exc})") from exc
+
+
+def decode_image(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode PNG/JPEG/PPM bytes to RGB, refusing other formats and oversized images before the pixels are read."""
+    return finish_image(open_image(data, source=source, max_pixels=max_pixels), source=source)
 
 
 def image_to_uint8(img: Image.Image, image_size: int) -> torch.Tensor:
