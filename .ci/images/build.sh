@@ -122,23 +122,29 @@ fi
 # (that is why there is no pip.conf mount; tests/images checks that nothing is left).
 MOUNTS=(-v "$HOST_CA:/etc/ssl/certs/ca-certificates.crt:ro")
 
-# REVISION: the last commit that changed what goes into the tsr images (+ -dirty for uncommitted changes there),
-# so a commit of docs or tests does not invalidate the final stages' layer cache.
-IMAGE_INPUTS=(pyproject.toml README.md requirements.lock tsr components serving pipelines)
-REVISION=$(git log -1 --format=%H -- "${IMAGE_INPUTS[@]}" 2>/dev/null || true)
-REVISION=${REVISION:-unknown}
-[ -z "$(git status --porcelain -- "${IMAGE_INPUTS[@]}" 2>/dev/null)" ] || REVISION=$REVISION-dirty
+# revision <paths...>: the last commit that changed them, + -dirty when they have uncommitted changes. A commit
+# of docs or tests then leaves the images' revision label, and so their final stages' layer cache, alone.
+revision() {
+  local rev
+  rev=$(git log -1 --format=%H -- "$@" 2>/dev/null || true)
+  [ -z "$(git status --porcelain -- "$@" 2>/dev/null)" ] || rev=${rev:-unknown}-dirty
+  echo "${rev:-unknown}"
+}
+TSR_REVISION=$(revision pyproject.toml README.md requirements.lock tsr components serving pipelines \
+  components/Dockerfile serving/Dockerfile)
+INITIALIZER_REVISION=$(revision .ci/images/storage-initializer)
 
-# build <name> <dockerfile> <context> <platform> [extra bud args...]
+# build <name> <dockerfile> <context> <platform> <revision> [extra bud args...]
 build() {
-  local name=$1 dockerfile=$2 context=$3 platform=$4 t0
-  shift 4
+  local name=$1 dockerfile=$2 context=$3 platform=$4 revision=$5 t0
+  shift 5
   local ref=localhost/$name:$TAG
   t0=$(now)
   log "building $ref ($platform) from $dockerfile"
   # BUILDPLATFORM explicitly: buildah 1.28 sets it for RUN steps but not for `FROM --platform=$BUILDPLATFORM`.
   "${B[@]}" bud --layers --isolation chroot --format docker --platform "$platform" \
-    --build-arg BUILDPLATFORM="linux/$(dpkg --print-architecture)" --build-arg PYTHON_IMAGE="$BASE" --build-arg VERSION="$TAG" --build-arg REVISION="$REVISION" \
+    --build-arg BUILDPLATFORM="linux/$(dpkg --print-architecture)" --build-arg PYTHON_IMAGE="$BASE" \
+    --build-arg VERSION="$TAG" --build-arg REVISION="$revision" \
     --label io.tsr.build.base="$BASE_NOTE" "${MOUNTS[@]}" "$@" \
     -f "$dockerfile" -t "$ref" "$context" >"$OUT/$name-build.log" 2>&1 ||
     { tail -30 "$OUT/$name-build.log" >&2; die "$ref failed (log: $OUT/$name-build.log)"; }
@@ -172,9 +178,10 @@ for platform in ${PLATFORMS//,/ }; do
   resolve_base "$platform"
   # The wheel and builder stages of the two Dockerfiles are the same instructions on the same base, so
   # --layers builds them once: the predictor reuses the components build's venv.
-  build tsr-components components/Dockerfile . "$platform" "${TORCH_ARGS[@]}"
-  build tsr-predictor serving/Dockerfile . "$platform" "${TORCH_ARGS[@]}"
+  build tsr-components components/Dockerfile . "$platform" "$TSR_REVISION" "${TORCH_ARGS[@]}"
+  build tsr-predictor serving/Dockerfile . "$platform" "$TSR_REVISION" "${TORCH_ARGS[@]}"
   build tsr-storage-initializer .ci/images/storage-initializer/Dockerfile .ci/images/storage-initializer "$platform" \
+    "$INITIALIZER_REVISION" \
     --build-arg KSERVE_STORAGE_VERSION="$KSERVE_STORAGE_VERSION"
   for name in tsr-components tsr-predictor tsr-storage-initializer; do
     archive "$name" "$arch"
@@ -184,5 +191,5 @@ done
 
 # images.json (what tests/images reads) and sizes.json; sizes are computed again only for changed archives.
 python3 .ci/images/sizes.py --out "$OUT" --driver "$DRIVER" --storage "$STATE/containers" \
-  --base-ref "$BASE" --base "$BASE_NOTE" --torch "$TORCH_NOTE" --revision "$REVISION" "${IMAGES[@]}"
+  --base-ref "$BASE" --base "$BASE_NOTE" --torch "$TORCH_NOTE" --revision "$TSR_REVISION" "${IMAGES[@]}"
 log "done in $(($(now) - START)) s; check the images with: make images-test"
