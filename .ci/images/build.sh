@@ -136,18 +136,27 @@ INITIALIZER_REVISION=$(revision .ci/images/storage-initializer)
 
 # build <name> <dockerfile> <context> <platform> <revision> [extra bud args...]
 build() {
-  local name=$1 dockerfile=$2 context=$3 platform=$4 revision=$5 t0
+  local name=$1 dockerfile=$2 context=$3 platform=$4 revision=$5 t0 stage
   shift 5
-  local ref=localhost/$name:$TAG
+  local ref=localhost/$name:$TAG log=$OUT/$name-build.log
   t0=$(now)
   log "building $ref ($platform) from $dockerfile"
-  # BUILDPLATFORM explicitly: buildah 1.28 sets it for RUN steps but not for `FROM --platform=$BUILDPLATFORM`.
-  "${B[@]}" bud --layers --isolation chroot --format docker --platform "$platform" \
-    --build-arg BUILDPLATFORM="linux/$(dpkg --print-architecture)" --build-arg PYTHON_IMAGE="$BASE" \
-    --build-arg VERSION="$TAG" --build-arg REVISION="$revision" \
-    --label io.tsr.build.base="$BASE_NOTE" "${MOUNTS[@]}" "$@" \
-    -f "$dockerfile" -t "$ref" "$context" >"$OUT/$name-build.log" 2>&1 ||
-    { tail -30 "$OUT/$name-build.log" >&2; die "$ref failed (log: $OUT/$name-build.log)"; }
+  local bud=("${B[@]}" bud --layers --isolation chroot --format docker --platform "$platform"
+    # BUILDPLATFORM explicitly: buildah 1.28 sets it for RUN steps, not for `FROM --platform=$BUILDPLATFORM`.
+    --build-arg BUILDPLATFORM="linux/$(dpkg --print-architecture)" --build-arg PYTHON_IMAGE="$BASE"
+    --build-arg VERSION="$TAG" --build-arg REVISION="$revision" "${MOUNTS[@]}" "$@" -f "$dockerfile")
+  : >"$log"
+  # Each named stage first, tagged, so that pruning old images below never drops the layer cache of a stage
+  # (an untagged last image of a stage has no children: buildah would count it as dangling).
+  for stage in $(sed -n 's/^FROM .* AS \([a-z0-9_-]*\)$/\1/ip' "$dockerfile"); do
+    "${bud[@]}" --target "$stage" -t "localhost/tsr-build-cache:$name-$stage" "$context" >>"$log" 2>&1 ||
+      { tail -30 "$log" >&2; die "$ref, stage $stage, failed (log: $log)"; }
+  done
+  # The version/revision labels again on the command line: buildah 1.28 reuses a cached LABEL step even when
+  # the build arguments it expands have changed.
+  "${bud[@]}" --label org.opencontainers.image.version="$TAG" --label org.opencontainers.image.revision="$revision" \
+    --label io.tsr.build.base="$BASE_NOTE" -t "$ref" "$context" >>"$log" 2>&1 ||
+    { tail -30 "$log" >&2; die "$ref failed (log: $log)"; }
   BUILD_SECONDS[$name]=$(($(now) - t0))
   log "  $ref: $(image_id "$ref" | cut -c1-12) in ${BUILD_SECONDS[$name]} s (log: $OUT/$name-build.log)"
 }
@@ -165,6 +174,7 @@ archive() {
   "${B[@]}" push -q "$ref" "docker-archive:$tar.part:$ref" >/dev/null
   mv "$tar.part" "$tar"
   "${B[@]}" push -q "$ref" "oci:$OUT/oci:$name-$TAG-$arch" >/dev/null
+  ! command -v umoci >/dev/null || umoci gc --layout "$OUT/oci"  # the blobs of the replaced image
   echo "$id" >"$tar.id"
   log "  wrote $tar"
 }
@@ -183,6 +193,10 @@ for platform in ${PLATFORMS//,/ }; do
   build tsr-storage-initializer .ci/images/storage-initializer/Dockerfile .ci/images/storage-initializer "$platform" \
     "$INITIALIZER_REVISION" \
     --build-arg KSERVE_STORAGE_VERSION="$KSERVE_STORAGE_VERSION"
+  # What earlier builds left (replaced images and their now unused layers): pruned one level per pass.
+  for _ in $(seq 30); do
+    [ -n "$("${B[@]}" rmi --prune 2>/dev/null)" ] || break
+  done
   for name in tsr-components tsr-predictor tsr-storage-initializer; do
     archive "$name" "$arch"
     IMAGES+=("$name|$arch|localhost/$name:$TAG|$OUT/$name-$TAG-$arch.tar|${BUILD_SECONDS[$name]}")

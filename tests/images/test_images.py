@@ -178,6 +178,15 @@ def test_python_3_11_on_the_pinned_base(name: str, containers: dict[str, Contain
     assert out.split(")")[0] == "(3, 11" and out.split()[-1] == "/opt/venv"
 
 
+@pytest.mark.parametrize("name", TSR_IMAGES)
+def test_labels_name_this_build(name: str) -> None:
+    cfg = config(name)
+    labels, env = cfg["Labels"], dict(item.split("=", 1) for item in cfg["Env"])
+    assert labels["org.opencontainers.image.revision"] == env["TSR_REVISION"] == built()["revision"]
+    assert labels["org.opencontainers.image.version"] == image_ref(name).rsplit(":", 1)[1]
+    assert labels["org.opencontainers.image.title"] == name
+
+
 def test_components_backend_report(containers: dict[str, Container]) -> None:
     out = _ok(containers["tsr-components"].run("python", "-m", "tsr.core.backend"), "python -m tsr.core.backend")
     report = json.loads(out)
