@@ -8,7 +8,7 @@
 #
 # Output: localhost/tsr-components:$TAG, localhost/tsr-predictor:$TAG, localhost/tsr-storage-initializer:$TAG in
 # the buildah storage; .state/images/<name>-<tag>-<arch>.tar (docker-archive: `ctr -n k8s.io images import`);
-# .state/images/oci (an OCI layout, gzip layers); .state/images/sizes.json and images.json (what tests/images reads).
+# .state/images/sizes.json and images.json (what tests/images reads).
 # Idempotent: the stand-in base is rebuilt only when its inputs change, buildah's --layers cache keeps every
 # unchanged step, and an archive is rewritten only when its image changed.
 set -euo pipefail
@@ -60,8 +60,9 @@ label() { "${B[@]}" inspect --type image --format "{{index .Docker.Config.Labels
 BASE_NOTE=
 resolve_base() {
   local platform=$1 arch=${1#*/}
-  if timeout 15 skopeo inspect --override-arch "$arch" --raw "docker://docker.io/library/$PYTHON_IMAGE" \
-       >/dev/null 2>&1; then
+  local probe
+  if probe=$(timeout 15 skopeo inspect --override-arch "$arch" --raw "docker://docker.io/library/$PYTHON_IMAGE" \
+       2>&1 >/dev/null | sed -e 's/.*msg="//' -e 's/"$//' | cut -c1-240); then
     log "base: $PYTHON_IMAGE from Docker Hub"
     "${B[@]}" pull -q --platform "$platform" "docker.io/library/$PYTHON_IMAGE" >/dev/null
     BASE=docker.io/library/$PYTHON_IMAGE
@@ -72,7 +73,7 @@ resolve_base() {
   local inputs
   inputs=$(cat .ci/images/standin-base.sh | sha256sum | cut -c1-12)
   BASE=localhost/tsr-python-standin:3.11-bookworm-$arch-$inputs
-  log "REGISTRY UNREACHABLE: $PYTHON_IMAGE cannot be pulled from Docker Hub;"
+  log "REGISTRY UNREACHABLE: $PYTHON_IMAGE cannot be pulled from Docker Hub (${probe:-no answer in 15 s});"
   if image_exists "$BASE"; then
     log "  using the local Debian stand-in $BASE (cached)"
   else
@@ -106,13 +107,13 @@ resolve_base() {
 
 # ---- torch: the CPU index when reachable, else PyPI's default (CUDA) wheels ----------------------------------
 TORCH_ARGS=()
-if curl -fsS --max-time 10 -o /dev/null "$TORCH_CPU_INDEX/torch/" 2>/dev/null; then
+if probe=$(curl -fsS --max-time 10 -o /dev/null "$TORCH_CPU_INDEX/torch/" 2>&1); then
   TORCH_NOTE="CPU wheels from $TORCH_CPU_INDEX"
   log "torch: $TORCH_NOTE"
 else
   TORCH_ARGS=(--build-arg TORCH_INDEX_URL=)
   TORCH_NOTE="PyPI's default wheels (CUDA build + nvidia-* wheels): $TORCH_CPU_INDEX unreachable"
-  log "TORCH CPU INDEX UNREACHABLE ($TORCH_CPU_INDEX did not answer in 10 s): building with"
+  log "TORCH CPU INDEX UNREACHABLE ($TORCH_CPU_INDEX: ${probe:-no answer in 10 s}): building with"
   log "  --build-arg TORCH_INDEX_URL= (PyPI's torch, a CUDA build: the images are several GB larger than the CPU ones)"
 fi
 
@@ -161,8 +162,9 @@ build() {
   log "  $ref: $(image_id "$ref" | cut -c1-12) in ${BUILD_SECONDS[$name]} s (log: $OUT/$name-build.log)"
 }
 
-# archive <name> <arch>: docker-archive (for ctr / a KFP node) + the OCI layout (gzip layers, what a registry
-# stores); both only when the image changed since the last run.
+# archive <name> <arch>: a docker-archive (for `ctr images import` / a KFP node), only when the image changed
+# since the last run. (No OCI layout beside it: gzip'd copies of 6 GB images do not fit the disk here; sizes.py
+# measures the compressed size by gzip-streaming the archive's layers instead.)
 archive() {
   local name=$1 arch=$2 ref=localhost/$1:$TAG id tar=$OUT/$1-$TAG-$2.tar
   id=$(image_id "$ref")
@@ -173,8 +175,6 @@ archive() {
   rm -f "$tar" "$tar.id"
   "${B[@]}" push -q "$ref" "docker-archive:$tar.part:$ref" >/dev/null
   mv "$tar.part" "$tar"
-  "${B[@]}" push -q "$ref" "oci:$OUT/oci:$name-$TAG-$arch" >/dev/null
-  ! command -v umoci >/dev/null || umoci gc --layout "$OUT/oci"  # the blobs of the replaced image
   echo "$id" >"$tar.id"
   log "  wrote $tar"
 }
