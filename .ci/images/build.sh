@@ -62,7 +62,7 @@ resolve_base() {
   local platform=$1 arch=${1#*/}
   local probe
   if probe=$(timeout 15 skopeo inspect --override-arch "$arch" --raw "docker://docker.io/library/$PYTHON_IMAGE" \
-       2>&1 >/dev/null | sed -e 's/.*msg="//' -e 's/"$//' | cut -c1-240); then
+       2>&1 >/dev/null | sed -e 's/.*msg="//' -e 's/"$//' -e 's/^Error parsing image name [^ ]*: //' | cut -c1-300); then
     log "base: $PYTHON_IMAGE from Docker Hub"
     "${B[@]}" pull -q --platform "$platform" "docker.io/library/$PYTHON_IMAGE" >/dev/null
     BASE=docker.io/library/$PYTHON_IMAGE
