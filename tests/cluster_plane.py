@@ -194,6 +194,7 @@ class ControlPlane:
     api_client: k8s.ApiClient
     processes: dict[str, Process] = field(default_factory=dict)
     startup_s: dict[str, float] = field(default_factory=dict)
+    ca: CertificateAuthority | None = None  # the run's CA, to issue more certificates (a node's kubelet)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The real kubectl against this control plane (admin)."""
@@ -349,7 +350,7 @@ def control_plane(root: Path, kserve: bool = True) -> Iterator[ControlPlane]:
         root / "scheduler.kubeconfig", url, ca_file, *ca.issue(certs, "scheduler", "system:kube-scheduler"), "scheduler"
     )
     with ExitStack() as stack:
-        cp = ControlPlane(url, root, admin, ca_file, k8s.ApiClient())  # client replaced once the server is up
+        cp = ControlPlane(url, root, admin, ca_file, k8s.ApiClient(), ca=ca)  # client replaced once the server is up
         started = time.monotonic()
         _start(
             stack,
