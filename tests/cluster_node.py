@@ -5,8 +5,8 @@ mapped to themselves, so that the kubelet's host-wide settings (sysctls, OOM sco
 pods' networks never touch the host's:
 
 - inside: tmpfs over /var/lib, /var/log and /run (the kubelet hard-codes /var/lib/kubelet and /var/log/pods),
-  a bridge `tsr0` holding the node IP (NODE_IP: the kubelet refuses a loopback one), the CNI `bridge` +
-  `host-local` plugins (Debian's, /usr/lib/cni) giving pods POD_CIDR, containerd with runc (cgroup v1 here;
+  a bridge `tsr0` holding the node IP (10.213.k.2: the kubelet refuses a loopback one), the CNI `bridge` +
+  `host-local` plugins (Debian's, /usr/lib/cni) giving pods 10.214.k.0/24, containerd with runc (cgroup v1 here;
   crun refuses hybrid mode) and the kubelet (`KubeletInUserNamespace`, `failCgroupV1: false`, cgroupfs);
 - the API server on the host's 127.0.0.1 is reached through a unix socket: socat on the host forwards it,
   socat in the node's network namespace listens on 127.0.0.1:6443 (the kubelet's server) and on
@@ -30,13 +30,17 @@ A missing tool fails the test (`make node-tools`); it is not a skip.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -60,9 +64,10 @@ NETTEST_IMAGE = "tsr.local/nettest:1"  # .ci/node/nettest.c: serve / get / cat /
 NODE_BINARIES = ("kubelet", "containerd", "ctr", "containerd-shim-runc-v2")
 SYSTEM_TOOLS = ("runc", "socat", "unshare", "nsenter", "ip", "mount")
 CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
-NODE_IP = "10.213.0.2"
+# Node k of a test process gets 10.213.k.2/24 and its pods 10.214.k.0/24 (the egress proxy routes by address).
+NODE_IP = "10.213.0.2"  # the first node's
 NODE_PREFIX = 24
-POD_CIDR = "10.214.0.0/24"
+_node_numbers = itertools.count()
 KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of cluster_plane.SERVICE_CIDR
 API_PORT_IN_NODE = 6443
 ID_MAP = "0 0 65536\n"  # uids/gids 0-65535 mapped to themselves
@@ -144,6 +149,7 @@ class Node:
     tools: dict[str, Path]
     sock_dir: Path
     cgroup_root: str
+    pod_cidr: str
     processes: dict[str, Process] = field(default_factory=dict)
     startup_s: dict[str, float] = field(default_factory=dict)
 
@@ -331,6 +337,62 @@ def _pids_in(namespaces: dict[str, str]) -> list[int]:
     return found
 
 
+class NetnsDialer:
+    """TCP connections opened from inside a network namespace: a thread of this process joins it (setns affects
+    only the calling thread) and makes the sockets there; connecting and the traffic then work from any thread.
+    The control plane's egress proxy uses it to reach the kubelet and pods (kubectl logs/exec/port-forward)."""
+
+    def __init__(self, pid: int) -> None:
+        self._requests: queue.Queue[tuple[list[Any], threading.Event] | None] = queue.Queue()
+        self._ready = threading.Event()
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, args=(f"/proc/{pid}/ns/net",), daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+
+    def _run(self, path: str) -> None:
+        import ctypes
+
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                self._error = OSError(ctypes.get_errno(), f"setns {path}")
+        finally:
+            os.close(fd)
+            self._ready.set()
+        while self._error is None and (request := self._requests.get()) is not None:
+            box, done = request
+            try:
+                box.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            except OSError as exc:
+                box.append(exc)
+            done.set()
+
+    def dial(self, host: str, port: int) -> socket.socket:
+        box: list[Any] = []
+        done = threading.Event()
+        self._requests.put((box, done))
+        if not done.wait(10):
+            raise OSError(f"no socket from the node's network namespace for {host}:{port}")
+        if isinstance(box[0], OSError):
+            raise box[0]
+        sock: socket.socket = box[0]
+        sock.settimeout(10)
+        try:
+            sock.connect((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return sock
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join(5)
+
+
 # ---- configuration files -------------------------------------------------------------------------------------
 def containerd_config(root: Path, pause_ref: str) -> str:
     cni = root / "cni"
@@ -369,7 +431,7 @@ state = "/run/containerd"
 """
 
 
-def cni_config() -> dict[str, Any]:
+def cni_config(pod_cidr: str) -> dict[str, Any]:
     return {
         "cniVersion": "1.0.0",
         "name": "tsr-pods",
@@ -380,13 +442,13 @@ def cni_config() -> dict[str, Any]:
                 "isGateway": True,
                 "ipMasq": False,
                 "hairpinMode": True,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]], "routes": [{"dst": "0.0.0.0/0"}]},
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]},
             }
         ],
     }
 
 
-def kubelet_config(ca_file: Path, cgroup_root: str) -> dict[str, Any]:
+def kubelet_config(ca_file: Path, cgroup_root: str, node_ip: str) -> dict[str, Any]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -396,7 +458,7 @@ def kubelet_config(ca_file: Path, cgroup_root: str) -> dict[str, Any]:
         "cgroupRoot": f"/{cgroup_root}",  # the node's own, so that two nodes never share kubepods
         "failSwapOn": False,
         "containerRuntimeEndpoint": "unix:///run/containerd/containerd.sock",
-        "address": NODE_IP,
+        "address": node_ip,
         "healthzBindAddress": "127.0.0.1",
         "readOnlyPort": 0,
         "authentication": {
@@ -483,10 +545,13 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node") -> Iterator[No
     pause_ref = (NODE_DIR / "pause.ref").read_text().strip()
     sock_dir = Path(tempfile.mkdtemp(prefix="tsr-node-", dir="/tmp"))  # unix socket paths must stay short
     cgroup_root = f"tsr-{name}-{uuid.uuid4().hex[:8]}"
+    number = next(_node_numbers) % 250
+    ip, pod_cidr = f"10.213.{number}.2", f"10.214.{number}.0/24"
     (root / "cni").mkdir(exist_ok=True)
-    (root / "cni" / "10-tsr-pods.conflist").write_text(json.dumps(cni_config(), indent=2))
+    (root / "cni" / "10-tsr-pods.conflist").write_text(json.dumps(cni_config(pod_cidr), indent=2))
     (root / "containerd.toml").write_text(containerd_config(root, pause_ref))
-    (root / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config(plane.ca_file, cgroup_root), sort_keys=False))
+    kubelet = kubelet_config(plane.ca_file, cgroup_root, ip)
+    (root / "kubelet.yaml").write_text(yaml.safe_dump(kubelet, sort_keys=False))
     certs = root / "pki"
     certs.mkdir(exist_ok=True)
     kubeconfig = write_kubeconfig(
@@ -518,7 +583,7 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node") -> Iterator[No
                 sys.executable,
                 "-c",
                 INIT,
-                NODE_IP,
+                ip,
                 str(NODE_PREFIX),
                 KUBERNETES_SERVICE_IP,
                 str(ready_file),
@@ -539,8 +604,11 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node") -> Iterator[No
             time.sleep(0.02)
         init_pid = _child_of(unshare.pid)
         namespaces = {kind: _ns_inode(init_pid, kind) for kind in ("user", "pid", "net")}
-        n = state["node"] = Node(name, NODE_IP, root, plane, init_pid, namespaces, tools, sock_dir, cgroup_root)
+        n = state["node"] = Node(name, ip, root, plane, init_pid, namespaces, tools, sock_dir, cgroup_root, pod_cidr)
         n.processes["init"] = Process("init", unshare, log)
+        if plane.egress is not None:  # the API server reaches the kubelet and the pods by their addresses
+            dialer = state["dialer"] = NetnsDialer(init_pid)
+            state["routes"] = [plane.egress.add_route(net, dialer.dial) for net in (f"{ip}/32", pod_cidr)]
         n.run("hostname", name)
         # the API server: host 127.0.0.1:<port> <- unix socket <- node 127.0.0.1:6443 and 10.0.0.1:443
         api_sock = sock_dir / "api.sock"
@@ -576,7 +644,7 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node") -> Iterator[No
                 str(tools["kubelet"]),
                 f"--config={root / 'kubelet.yaml'}",
                 f"--kubeconfig={kubeconfig}",
-                f"--node-ip={NODE_IP}",
+                f"--node-ip={ip}",
                 f"--hostname-override={name}",
                 "--v=2",
             ),
@@ -613,6 +681,10 @@ def teardown(state: dict[str, Any], plane: ControlPlane, name: str, sock_dir: Pa
     if unshare is not None:
         step(lambda: unshare.poll() is None and unshare.kill())
         step(unshare.wait, STOP_TIMEOUT_S)
+    for remove_route in state.get("routes", []):
+        step(remove_route)
+    if "dialer" in state:
+        step(state["dialer"].close)
     if n is not None:
         for process in reversed(list(n.processes.values())):
             step(stop_child, process.popen, STOP_TIMEOUT_S)

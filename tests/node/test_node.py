@@ -6,7 +6,9 @@ places them."""
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import re
+import subprocess
 import threading
 import time
 import uuid
@@ -19,8 +21,8 @@ import pytest
 from kubernetes import client as k8s
 
 from tests.cluster_node import NETTEST_IMAGE, NODE_DIR, NODE_IP, Node, node
-from tests.cluster_plane import ControlPlane, api_error, ensure_namespace
-from tsr.core.processes import free_port
+from tests.cluster_plane import TOOLS_BIN, ControlPlane, api_error, ensure_namespace
+from tsr.core.processes import free_port, stop_child
 from tsr.local.checkout import REPO_ROOT
 from tsr.local.prometheus_server import LocalPrometheus, PrometheusConfig, find_prometheus_binary, sample_value
 
@@ -105,6 +107,7 @@ def test_node_is_ready_with_its_kubelet(plane: ControlPlane, kube_node: Node) ->
     assert ready["Ready"] == "True", got.status.conditions
     assert got.status.node_info.kubelet_version == KUBE_VERSION
     assert got.status.node_info.container_runtime_version == "containerd://2.4.2"
+    assert kube_node.ip == NODE_IP  # the first node of the session
     assert {"type": "InternalIP", "address": NODE_IP} in [a.to_dict() for a in got.status.addresses]
     assert got.metadata.labels["kubernetes.io/hostname"] == kube_node.name
     # the node's own images are there, under the names the kubelet and the tests ask for
@@ -121,7 +124,7 @@ def test_pause_pod_runs(plane: ControlPlane, kube_node: Node, namespace: str) ->
     print(f"\npause pod Ready in {time.monotonic() - started:.1f} s")
     assert got.status.phase == "Running"
     assert got.spec.node_name == kube_node.name  # placed there by the scheduler
-    assert got.status.pod_ip.startswith("10.214.0.")  # from the CNI bridge's host-local range
+    assert ipaddress.ip_address(got.status.pod_ip) in ipaddress.ip_network(kube_node.pod_cidr)  # the CNI bridge's
     status = got.status.container_statuses[0]
     assert status.ready and status.state.running is not None and status.restart_count == 0
 
@@ -197,7 +200,7 @@ def test_pod_reaches_a_host_loopback_service(
 ) -> None:
     port, handler = host_service
     ip, node_port = kube_node.expose_host_port(port)
-    assert ip == NODE_IP
+    assert ip == kube_node.ip
     _create(plane, namespace, _pod(kube_node, "client", ["get", ip, str(node_port), "/from-pod"]))
     got = _wait_finished(kube_node, plane, namespace, "client")
     log = kube_node.container_log(namespace, "client", "main")
@@ -209,7 +212,7 @@ def test_pod_reaches_a_host_loopback_service(
 def test_pod_cannot_reach_an_unexposed_host_port(plane: ControlPlane, kube_node: Node, namespace: str) -> None:
     """The negative of the above: without expose_host_port nothing on the node IP answers (the host's loopback
     is not the node's)."""
-    _create(plane, namespace, _pod(kube_node, "client", ["get", NODE_IP, str(free_port()), "/"]))
+    _create(plane, namespace, _pod(kube_node, "client", ["get", kube_node.ip, str(free_port()), "/"]))
     got = _wait_finished(kube_node, plane, namespace, "client")
     assert got.status.phase == "Failed"
     assert "Connection refused" in kube_node.container_log(namespace, "client", "main")
@@ -247,6 +250,39 @@ def test_host_reaches_a_pod_port_and_prometheus_scrapes_it(
         up = prometheus.wait_for('tsr_node_test_up{job="pod"}', lambda r: len(r) == 1, timeout_s=30)
     assert sample_value(up[0]) == 1
     assert up[0]["metric"]["token"] == re.search(r'token="(\w+)"', token).group(1)  # type: ignore[union-attr]
+
+
+def test_kubectl_logs_exec_and_port_forward_reach_the_pod(plane: ControlPlane, kube_node: Node, namespace: str) -> None:
+    """The API server reaches the kubelet through the control plane's egress proxy (into the node's network
+    namespace, by address): kubectl logs, exec and port-forward work; nothing was refused on the way."""
+    marker = f"streaming-{uuid.uuid4().hex[:8]}"
+    _create(plane, namespace, _pod(kube_node, "server", ["serve", "8080", marker]))
+    kube_node.wait_pod(namespace, "server")
+    assert "nettest serving on :8080" in plane.kubectl("logs", "-n", namespace, "server").stdout
+    exec_ = plane.kubectl("exec", "-n", namespace, "server", "--", "/nettest", "get", "127.0.0.1", "8080", "/x")
+    assert marker in exec_.stdout
+    local = free_port()
+    forward = subprocess.Popen(
+        [
+            str(TOOLS_BIN / "kubectl"),
+            "--kubeconfig",
+            str(plane.kubeconfig),
+            "port-forward",
+            "-n",
+            namespace,
+            "pod/server",
+            f"{local}:8080",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert forward.stdout is not None
+        assert "Forwarding from 127.0.0.1" in forward.stdout.readline().decode()
+        assert marker in httpx.get(f"http://127.0.0.1:{local}/", timeout=10).text
+    finally:
+        stop_child(forward)
+    assert plane.egress is not None and plane.egress.refused == []
 
 
 # ---- stopping -----------------------------------------------------------------------------------------------------
