@@ -22,6 +22,7 @@ from kubernetes import client as k8s
 
 from tests.cluster_node import NETTEST_IMAGE, NODE_DIR, NODE_IP, Node, node
 from tests.cluster_plane import TOOLS_BIN, ControlPlane, api_error, ensure_namespace
+from tsr.core.config import StoreConfig
 from tsr.core.processes import free_port, stop_child
 from tsr.local.checkout import REPO_ROOT
 from tsr.local.prometheus_server import LocalPrometheus, PrometheusConfig, find_prometheus_binary, sample_value
@@ -207,6 +208,21 @@ def test_pod_reaches_a_host_loopback_service(
     assert got.status.phase == "Succeeded", f"{got.status}\n{log}"
     assert handler.token in log
     assert handler.seen == ["/from-pod"]
+
+
+def test_pod_reaches_minio_on_the_host(
+    plane: ControlPlane, kube_node: Node, namespace: str, minio: StoreConfig
+) -> None:
+    """The real MinIO of the other tiers, on the host's loopback, answers a pod at the node IP (as the platform's
+    storage-initializer and training steps would reach it)."""
+    host, port = minio.endpoint.rsplit(":", 1)
+    assert host in ("127.0.0.1", "localhost"), minio.endpoint
+    ip, node_port = kube_node.expose_host_port(int(port))
+    _create(plane, namespace, _pod(kube_node, "client", ["get", ip, str(node_port), "/minio/health/live"]))
+    got = _wait_finished(kube_node, plane, namespace, "client")
+    log = kube_node.container_log(namespace, "client", "main")
+    assert got.status.phase == "Succeeded", f"{got.status}\n{log}"
+    assert "Server: MinIO" in log or "MinIO" in log, log
 
 
 def test_pod_cannot_reach_an_unexposed_host_port(plane: ControlPlane, kube_node: Node, namespace: str) -> None:
