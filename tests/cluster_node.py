@@ -21,15 +21,18 @@ pod's port to the host (`forward_to_pod`: host 127.0.0.1:port -> unix socket -> 
     with control_plane(tmp_path / "cp") as cp, node(cp, tmp_path / "node") as n:
         n.import_image(NODE_IMAGES / "nettest.tar")
 
-Not there: kube-proxy (ClusterIP Services do not route; reach pods by pod IP) and the API server's connections
-to the kubelet (`kubectl logs/exec/port-forward`: the kubelet's port is inside the node's network namespace;
-`Node.container_log` reads the log files instead). On exit the namespaces' init process is killed, which
+The API server reaches the kubelet and pods (`kubectl logs/exec/port-forward`, the proxy subresources) through
+the control plane's egress proxy (tests/cluster_plane.py `EgressProxy`), which the node gives a route into its
+network namespace (`NetnsDialer`). Not there: kube-proxy (ClusterIP Services do not route; reach pods by pod
+IP), cluster DNS, hostPort/NodePort. On exit the namespaces' init process is killed, which
 kills every process in the pid namespace; the exit then checks that no process of the node's namespaces is left.
 A missing tool fails the test (`make node-tools`); it is not a skip.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import itertools
 import json
 import os
@@ -192,7 +195,7 @@ class Node:
     def expose_host_port(self, port: int, node_port: int | None = None) -> tuple[str, int]:
         """Make the host's 127.0.0.1:`port` reachable from pods at (node IP, `node_port` or `port`)."""
         node_port = node_port or port
-        sock = self.sock_dir / f"host-{port}.sock"
+        sock = self.sock_dir / f"host-{port}-{len(self.processes)}.sock"
         self._socat(
             f"socat-host-{port}",
             [str(self.tools["socat"]), f"UNIX-LISTEN:{sock},fork,unlink-early", f"TCP:127.0.0.1:{port}"],
@@ -249,7 +252,7 @@ class Node:
         return holder["pod"]
 
     def container_log(self, namespace: str, pod: str, container: str) -> str:
-        """A container's log as the kubelet keeps it (/var/log/pods in the node: kubectl logs cannot reach it)."""
+        """A container's log as the kubelet keeps it (/var/log/pods in the node), read without the API server."""
         base = Path(f"/proc/{self.init_pid}/root/var/log/pods")
         found = sorted(base.glob(f"{namespace}_{pod}_*/{container}/*.log"))
         lines = [line.split(" ", 3)[-1] for f in found for line in f.read_text(errors="replace").splitlines()]
@@ -295,11 +298,12 @@ def _node_env() -> dict[str, str]:
     return {"PATH": f"{TOOLS_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child of a fork must not import (threads run)
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL when the test process dies, however it dies (no orphaned node)."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -316,6 +320,8 @@ def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 def _start(node: Node, name: str, argv: list[str]) -> Process:
     """A process of the node (stopped by the fixture's exit, after the namespaces are gone)."""
+    if name in node.processes:  # the same forward asked for twice: both run, both are stopped
+        name = f"{name}-{len(node.processes)}"
     log = node.root / f"{name}.log"
     process = Process(name, _popen(argv, log), log)
     node.processes[name] = process
@@ -353,11 +359,9 @@ class NetnsDialer:
             raise self._error
 
     def _run(self, path: str) -> None:
-        import ctypes
-
         fd = os.open(path, os.O_RDONLY)
         try:
-            if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            if _LIBC.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
                 self._error = OSError(ctypes.get_errno(), f"setns {path}")
         finally:
             os.close(fd)
@@ -628,7 +632,7 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node") -> Iterator[No
                     net_only=True,
                 ),
             )
-            n._wait(f"API server at {bind}:{port} in the node", lambda p=inside, q=port: _listening(p.popen.pid, q))
+            n._wait(f"API server at {bind}:{port} in the node", functools.partial(_listening, inside.popen.pid, port))
         _start(n, "containerd", n.nsenter(str(tools["containerd"]), "--config", str(root / "containerd.toml")))
         n.startup_s["containerd"] = n._wait(
             "containerd", lambda: n.ctr("version", timeout=10, check=False).returncode == 0
@@ -679,7 +683,8 @@ def teardown(state: dict[str, Any], plane: ControlPlane, name: str, sock_dir: Pa
     if n is not None:
         step(os.kill, n.init_pid, signal.SIGKILL)
     if unshare is not None:
-        step(lambda: unshare.poll() is None and unshare.kill())
+        if unshare.poll() is None:
+            step(unshare.kill)
         step(unshare.wait, STOP_TIMEOUT_S)
     for remove_route in state.get("routes", []):
         step(remove_route)

@@ -7,7 +7,8 @@ webhook server, whose address controller-runtime does not let us set):
 - kube-apiserver with a fresh CA and certificates per run, service-account keys, `--authorization-mode=Node,RBAC`
   and its default admission plugins (PodSecurity, ServiceAccount, the admission webhooks, ResourceQuota, ...);
 - kube-controller-manager (`*,-nodeipam`: Deployments really become ReplicaSets and Pods, service-account
-  tokens are issued) and kube-scheduler; there is no node, so Pods stay Pending;
+  tokens are issued) and kube-scheduler; there is no node, so Pods stay Pending, unless tests/cluster_node.py
+  adds one (the API server's way to nodes and pods is `EgressProxy`: routes only to what a node registered);
 - KServe's manager with its CRDs, its `inferenceservice-config` (Standard mode, no ingress) and its webhook
   configurations pointed at its webhook server on https://127.0.0.1:<port> with the run's CA.
 
