@@ -37,6 +37,7 @@ import itertools
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -57,7 +58,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from tests.cluster_plane import TOOLS_BIN, ControlPlane, Process, write_kubeconfig
+from tests.cluster_plane import TOOLS_BIN, ControlPlane, Process, die_with_parent, write_kubeconfig
 from tsr.core.processes import free_port, stop_child
 from tsr.local.checkout import REPO_ROOT
 
@@ -298,12 +299,7 @@ def _node_env() -> dict[str, str]:
     return {"PATH": f"{TOOLS_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child of a fork must not import (threads run)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the test process dies, however it dies (no orphaned node)."""
-    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -314,7 +310,7 @@ def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=_node_env(),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
 
@@ -520,6 +516,19 @@ def make_cgroup_root(name: str) -> list[Path]:
     return made
 
 
+STALE_ROOT = re.compile(r"^tsr-.+-p(\d+)-[0-9a-f]{8}$")
+
+
+def remove_stale_cgroup_roots() -> None:
+    """Remove the cgroup roots of nodes whose test process is gone (killed with SIGKILL: its node's processes
+    died with it, by PR_SET_PDEATHSIG, but nobody removed the directories). Empty trees only."""
+    for mount in _cgroup_mounts():
+        for path in mount.glob("tsr-*"):
+            match = STALE_ROOT.match(path.name)
+            if match and not Path(f"/proc/{match.group(1)}").exists():
+                remove_cgroup_tree(path, timeout_s=0)
+
+
 def remove_cgroup_tree(path: Path, timeout_s: float = 10.0) -> list[str]:
     """rmdir the tree bottom-up; the directories that could not be removed (a task still in them)."""
     deadline = time.monotonic() + timeout_s
@@ -548,7 +557,8 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node") -> Iterator[No
     root.mkdir(parents=True, exist_ok=True)
     pause_ref = (NODE_DIR / "pause.ref").read_text().strip()
     sock_dir = Path(tempfile.mkdtemp(prefix="tsr-node-", dir="/tmp"))  # unix socket paths must stay short
-    cgroup_root = f"tsr-{name}-{uuid.uuid4().hex[:8]}"
+    remove_stale_cgroup_roots()
+    cgroup_root = f"tsr-{name}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the owner's pid: see remove_stale_...
     number = next(_node_numbers) % 250
     ip, pod_cidr = f"10.213.{number}.2", f"10.214.{number}.0/24"
     (root / "cni").mkdir(exist_ok=True)

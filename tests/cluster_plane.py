@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import datetime
 import ipaddress
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -223,12 +225,23 @@ class ControlPlane:
         assert not dead, f"control-plane processes exited: {dead}\n{self.logs()}"
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child of a fork must not import (threads run)
+
+
+def die_with_parent() -> None:
+    """In a child before exec (`preexec_fn`): SIGKILL when the process that started it dies, however it dies
+    (a test run or `make cluster-up` killed with SIGKILL leaves no server behind)."""
+    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _start(
     stack: ExitStack, cp: ControlPlane, name: str, argv: list[str], env: dict[str, str] | None = None
 ) -> Process:
     log = cp.root / f"{name}.log"
     with log.open("wb") as fh:
-        popen = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        popen = subprocess.Popen(
+            argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent
+        )
     process = Process(name, popen, log)
     cp.processes[name] = process
     stack.callback(stop_child, popen, STOP_TIMEOUT_S)

@@ -7,8 +7,9 @@
 Everything runs as in the tests (tests/cluster_plane.py, tests/cluster_node.py): etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and KServe's manager on 127.0.0.1, the node (kubelet, containerd)
 in its own namespaces with the pause and nettest images imported. Images of your own go in with
-`ctr -n k8s.io images import` inside the node: the script prints the command. Ctrl-C (or SIGTERM) stops
-everything and removes the state directory.
+`ctr -n k8s.io images import` inside the node: the script prints the command. Ctrl-C (or SIGTERM, SIGHUP)
+stops everything and removes the state directory; if the script is killed outright, its servers and the node
+die with it (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -27,12 +28,17 @@ from tests.cluster_plane import control_plane
 from tsr.local.checkout import REPO_ROOT
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster_up", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO_ROOT / ".state" / "cluster-up", help="state directory")
     parser.add_argument("--no-kserve", action="store_true", help="without KServe's manager")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # like Ctrl-C: stop everything (a closed terminal too)
+        signal.signal(sig, _interrupt)
     shutil.rmtree(args.root, ignore_errors=True)
     args.root.mkdir(parents=True)
     started = time.monotonic()
