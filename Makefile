@@ -33,7 +33,7 @@ LOCAL_PLATFORMS ?= linux/amd64
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test actionlint
+.PHONY: help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test actionlint node-tools node-debs cluster-e2e cluster-up
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -49,6 +49,9 @@ help:
 	@echo "make images-local - build tsr-components, tsr-predictor and a storage-initializer here, daemonless (buildah; .state/images)"
 	@echo "make images-test - check the images make images-local built (pytest tests/images)"
 	@echo "make cluster-tools - kube-apiserver/controller-manager/scheduler/kubectl, the KServe controller, etcd (pytest -m cluster)"
+	@echo "make node-tools - kubelet, containerd + ctr + runc shim, the pause and test images, runc/CNI/socat (pytest -m node)"
+	@echo "make cluster-e2e - the node tier: control plane + KServe + a real node in namespaces (tests/node)"
+	@echo "make cluster-up - a control plane + KServe + a node for you: prints a kubeconfig path, Ctrl-C stops it"
 	@echo "make crds   - fetch the KServe + prometheus-operator CRDs the tests validate against (.tools/crds)"
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
 	@echo "make $(TOOLS)/dockerfile-check - the BuildKit Dockerfile checker (.ci/dockerfile-check; part of make tools)"
@@ -264,6 +267,67 @@ etcd:
 	fi
 
 cluster-tools: $(TOOLS)/.stamp-kube-$(KUBE_VERSION) $(KSERVE_DIR)/.stamp-$(KSERVE_CRD_VERSION) etcd
+
+# ---- the node tier (pytest -m node, make cluster-e2e): a kubelet + containerd node in namespaces -----------------
+# Kept out of `make tools` so that `make test` does not build it. The kubelet comes from the same wrapper module
+# and ldflags as the control plane; containerd, ctr and the runc shim from the Go module proxy (without cgo, so
+# without btrfs); the pause image from Kubernetes' own build/pause/linux/pause.c (gcc -static) and a tiny test
+# image (.ci/node/nettest.c), both as docker-archives for `ctr images import`; runc, the CNI plugins, socat,
+# umoci and skopeo from Debian (best effort, like prometheus). Each piece once per pin: the stamps name them.
+CONTAINERD_VERSION ?= v2.4.2
+NODE_DIR := $(CURDIR)/.tools/node
+NODE_DEBS := runc containernetworking-plugins socat umoci skopeo gcc libc6-dev
+
+$(TOOLS)/.stamp-kubelet-$(KUBE_VERSION): .ci/kube/go.mod .ci/kube/go.sum
+	@mkdir -p $(TOOLS)
+	@echo "building the kubelet $(KUBE_VERSION) with go build (first time: several minutes)"
+	cd .ci/kube && CGO_ENABLED=0 go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(TOOLS)/ k8s.io/kubernetes/cmd/kubelet
+	@rm -f $(TOOLS)/.stamp-kubelet-* && touch $@
+
+$(TOOLS)/.stamp-containerd-$(CONTAINERD_VERSION):
+	@mkdir -p $(TOOLS)
+	@echo "building containerd $(CONTAINERD_VERSION), ctr and containerd-shim-runc-v2 with go install (first time: ~2 min)"
+	GOBIN=$(TOOLS) CGO_ENABLED=0 GOFLAGS=-trimpath go install -tags "no_btrfs no_devmapper no_zfs urfave_cli_no_docs" \
+	  -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$(CONTAINERD_VERSION)" \
+	  $(addprefix github.com/containerd/containerd/v2/cmd/,$(addsuffix @$(CONTAINERD_VERSION),containerd ctr containerd-shim-runc-v2))
+	@rm -f $(TOOLS)/.stamp-containerd-* && touch $@
+
+# pause.c at the kubelet's release (its Makefile's TAG names the image, registry.k8s.io/pause:<TAG>, the name
+# containerd expects); pause.ref records it for the test fixture.
+$(NODE_DIR)/.stamp-images-$(KUBE_VERSION): .ci/node/nettest.c .ci/node/image.sh | node-debs
+	@mkdir -p $(NODE_DIR)/images
+	src=$$(go mod download -json k8s.io/kubernetes@$(KUBE_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && \
+	[ -d "$$src" ] && tag=$$(sed -n 's/^TAG ?= *//p' $$src/build/pause/Makefile) && [ -n "$$tag" ] && \
+	gcc -Os -Wall -Werror -static -DVERSION=v$$tag-tsr -o $(NODE_DIR)/pause $$src/build/pause/linux/pause.c && \
+	.ci/node/image.sh $(NODE_DIR)/pause registry.k8s.io/pause:$$tag $(NODE_DIR)/images/pause.tar && \
+	echo registry.k8s.io/pause:$$tag > $(NODE_DIR)/pause.ref
+	gcc -Os -Wall -Werror -static -o $(NODE_DIR)/nettest .ci/node/nettest.c
+	.ci/node/image.sh $(NODE_DIR)/nettest tsr.local/nettest:1 $(NODE_DIR)/images/nettest.tar
+	@rm -f $(NODE_DIR)/.stamp-images-* && touch $@
+
+node-debs:
+	@if command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] && command -v socat >/dev/null && \
+	  command -v umoci >/dev/null && command -v skopeo >/dev/null && command -v gcc >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  echo "installing Debian's $(NODE_DEBS) (the node tier)"; \
+	  $$sudo apt-get install -y -qq --no-install-recommends $(NODE_DEBS) >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $(NODE_DEBS) >/dev/null; } || \
+	  echo "WARNING: could not install $(NODE_DEBS) (needs root or sudo): the node tests will fail"; \
+	else \
+	  echo "WARNING: no apt-get: install runc, the CNI plugins (/usr/lib/cni), socat, umoci, skopeo and gcc yourself"; \
+	fi
+
+node-tools: node-debs $(TOOLS)/.stamp-kubelet-$(KUBE_VERSION) $(TOOLS)/.stamp-containerd-$(CONTAINERD_VERSION) \
+  $(NODE_DIR)/.stamp-images-$(KUBE_VERSION)
+
+# The node tier: the control plane of the cluster tier plus a real node (tests/cluster_node.py); not in `make test`.
+cluster-e2e: venv node-tools cluster-tools
+	$(PY) -m pytest -q -m node tests/node
+
+# A control plane + KServe + a node for people: prints a kubeconfig path, runs until Ctrl-C.
+cluster-up: venv node-tools cluster-tools
+	$(PY) -m tests.cluster_up
 
 actionlint: $(TOOLS)/actionlint
 	$(TOOLS)/actionlint -color .github/workflows/*.yml

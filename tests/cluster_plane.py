@@ -7,7 +7,8 @@ webhook server, whose address controller-runtime does not let us set):
 - kube-apiserver with a fresh CA and certificates per run, service-account keys, `--authorization-mode=Node,RBAC`
   and its default admission plugins (PodSecurity, ServiceAccount, the admission webhooks, ResourceQuota, ...);
 - kube-controller-manager (`*,-nodeipam`: Deployments really become ReplicaSets and Pods, service-account
-  tokens are issued) and kube-scheduler; there is no node, so Pods stay Pending;
+  tokens are issued) and kube-scheduler; there is no node, so Pods stay Pending, unless tests/cluster_node.py
+  adds one (the API server's way to nodes and pods is `EgressProxy`: routes only to what a node registered);
 - KServe's manager with its CRDs, its `inferenceservice-config` (Standard mode, no ingress) and its webhook
   configurations pointed at its webhook server on https://127.0.0.1:<port> with the run's CA.
 
@@ -26,16 +27,22 @@ started is stopped again, also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import datetime
 import ipaddress
 import json
 import shutil
+import signal
+import socket
 import ssl
 import subprocess
+import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +201,8 @@ class ControlPlane:
     api_client: k8s.ApiClient
     processes: dict[str, Process] = field(default_factory=dict)
     startup_s: dict[str, float] = field(default_factory=dict)
+    ca: CertificateAuthority | None = None  # the run's CA, to issue more certificates (a node's kubelet)
+    egress: EgressProxy | None = None  # the API server's way to nodes and pods (tests/cluster_node.py adds routes)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The real kubectl against this control plane (admin)."""
@@ -216,12 +225,23 @@ class ControlPlane:
         assert not dead, f"control-plane processes exited: {dead}\n{self.logs()}"
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child of a fork must not import (threads run)
+
+
+def die_with_parent() -> None:
+    """In a child before exec (`preexec_fn`): SIGKILL when the process that started it dies, however it dies
+    (a test run or `make cluster-up` killed with SIGKILL leaves no server behind)."""
+    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _start(
     stack: ExitStack, cp: ControlPlane, name: str, argv: list[str], env: dict[str, str] | None = None
 ) -> Process:
     log = cp.root / f"{name}.log"
     with log.open("wb") as fh:
-        popen = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        popen = subprocess.Popen(
+            argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent
+        )
     process = Process(name, popen, log)
     cp.processes[name] = process
     stack.callback(stop_child, popen, STOP_TIMEOUT_S)
@@ -310,6 +330,119 @@ def _apply(cp: ControlPlane, docs: list[dict[str, Any]]) -> None:
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(docs))
 
 
+# ---- the API server's way to nodes and pods -------------------------------------------------------------------
+Dialer = Callable[[str, int], socket.socket]
+
+
+class EgressProxy:
+    """The API server's `cluster` egress (EgressSelectorConfiguration: HTTP CONNECT over a unix socket): what
+    the API server opens to nodes, pods and Services (kubectl logs/exec/port-forward, the proxy subresources)
+    arrives here, and goes on only through a route a node registered (`add_route`, with a dialer that opens
+    the connection inside that node's network namespace). Anything else is refused (502), so the API server
+    never opens a connection off the machine, not even a DNS lookup of a node's name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.routes: list[tuple[ipaddress.IPv4Network, Dialer]] = []
+        self.refused: list[str] = []
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(64)
+        self._thread = threading.Thread(target=self._serve, name="egress-proxy", daemon=True)
+        self._thread.start()
+
+    def add_route(self, network: str, dial: Dialer) -> Callable[[], None]:
+        """Send CONNECTs to addresses in `network` through `dial`; the function that removes the route."""
+        route = (ipaddress.IPv4Network(network), dial)
+        self.routes.append(route)
+        return lambda: self.routes.remove(route) if route in self.routes else None
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        upstream = None
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 8192:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            method, target = head.split(b" ", 2)[:2]
+            host, _, port = target.decode().rpartition(":")
+            dial = next((d for net, d in self.routes if method == b"CONNECT" and _in(host, net)), None)
+            if dial is None:
+                self.refused.append(target.decode(errors="replace"))
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                return
+            upstream = dial(host, int(port))
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            _pipe(conn, upstream)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            if upstream is not None:
+                upstream.close()
+
+
+def _in(host: str, network: ipaddress.IPv4Network) -> bool:
+    try:
+        return ipaddress.ip_address(host) in network
+    except ValueError:
+        return False  # a name: never resolved here
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy both ways until either side closes."""
+
+    def copy(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    other = threading.Thread(target=copy, args=(b, a), daemon=True)
+    other.start()
+    copy(a, b)
+    other.join()
+
+
+def egress_config(path: Path, socket_path: Path) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "apiserver.k8s.io/v1beta1",
+                "kind": "EgressSelectorConfiguration",
+                "egressSelections": [
+                    {
+                        "name": "cluster",
+                        "connection": {
+                            "proxyProtocol": "HTTPConnect",
+                            "transport": {"uds": {"udsName": str(socket_path)}},
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
 # ---- the fixture body ----------------------------------------------------------------------------------------
 @contextmanager
 def control_plane(root: Path, kserve: bool = True) -> Iterator[ControlPlane]:
@@ -348,8 +481,14 @@ def control_plane(root: Path, kserve: bool = True) -> Iterator[ControlPlane]:
     sched_config = write_kubeconfig(
         root / "scheduler.kubeconfig", url, ca_file, *ca.issue(certs, "scheduler", "system:kube-scheduler"), "scheduler"
     )
+    # the API server's client certificate for the kubelets (logs, exec, port-forward), authorized as an admin
+    kubelet_client = ca.issue(certs, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
     with ExitStack() as stack:
-        cp = ControlPlane(url, root, admin, ca_file, k8s.ApiClient())  # client replaced once the server is up
+        egress_dir = Path(tempfile.mkdtemp(prefix="tsr-egress-", dir="/tmp"))  # unix socket paths must stay short
+        stack.callback(shutil.rmtree, egress_dir, True)
+        egress = EgressProxy(egress_dir / "egress.sock")
+        stack.callback(egress.close)
+        cp = ControlPlane(url, root, admin, ca_file, k8s.ApiClient(), ca=ca, egress=egress)  # client: once it is up
         started = time.monotonic()
         _start(
             stack,
@@ -396,6 +535,11 @@ def control_plane(root: Path, kserve: bool = True) -> Iterator[ControlPlane]:
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=false",
                 f"--cert-dir={certs}",
+                # to nodes and pods only through the egress proxy, by address (never a DNS lookup of a node name)
+                f"--egress-selector-config-file={egress_config(root / 'egress.yaml', egress.path)}",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={kubelet_client[0]}",
+                f"--kubelet-client-key={kubelet_client[1]}",
             ],
         )
         cp.startup_s["kube-apiserver"] = _wait("kube-apiserver", lambda: _https_ok(f"{url}/readyz", ca_file), cp)

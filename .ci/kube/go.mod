@@ -1,5 +1,6 @@
 // Wrapper module: builds the Kubernetes control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
-// kubectl) at one pinned release from the Go module proxy, for the cluster test tier (make cluster-tools).
+// kubectl) and the kubelet at one pinned release from the Go module proxy, for the cluster test tier (make
+// cluster-tools) and the node tier (make node-tools).
 // k8s.io/kubernetes points its staging modules at ./staging; the replaces below name the published ones.
 module tsr-platform/ci/kube
 

@@ -1,4 +1,5 @@
 //go:build tools
 
-// Package tools pins what `make cluster-tools` builds; the binaries come from `go build k8s.io/kubernetes/cmd/...`.
+// Package tools pins what `make cluster-tools` (and `make node-tools`: the kubelet) builds; the binaries come from
+// `go build k8s.io/kubernetes/cmd/...`.
 package tools

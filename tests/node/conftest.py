@@ -1,0 +1,54 @@
+"""The node tier: the control plane of the cluster tier plus a real node (tests/cluster_node.py).
+
+Everything under tests/node/ is marked `node` and runs only when asked for, by `-m node` (make cluster-e2e)
+or by naming tests/node/ (or a file in it): a plain `pytest` (make test) deselects it, so `make test` needs
+neither `make node-tools` nor the minute the node takes to start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_node import Node, node
+from tests.cluster_plane import ControlPlane, control_plane
+
+NODE_TESTS = Path(__file__).resolve().parent
+
+
+def _asked_for(config: pytest.Config) -> bool:
+    if "node" in (config.option.markexpr or ""):
+        return True
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0]).resolve()
+        if path == NODE_TESTS or NODE_TESTS in path.parents:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by it
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mine = [item for item in items if NODE_TESTS in item.path.resolve().parents]
+    for item in mine:
+        item.add_marker(pytest.mark.node)
+    if mine and not _asked_for(config):
+        selected = set(map(id, mine))
+        items[:] = [item for item in items if id(item) not in selected]
+        config.hook.pytest_deselected(items=mine)
+
+
+@pytest.fixture(scope="session")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with control_plane(tmp_path_factory.mktemp("plane")) as cp:
+        yield cp
+        cp.assert_running()
+
+
+@pytest.fixture(scope="session")
+def kube_node(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    with node(plane, tmp_path_factory.mktemp("node")) as n:
+        print(f"\nnode {n.name} up: {', '.join(f'{k} {v:.1f} s' for k, v in n.startup_s.items())}")
+        yield n
+        n.assert_running()
