@@ -26,10 +26,13 @@ REGISTRY ?= ghcr.io/tsr-platform
 TAG ?= 0.1.0
 PLATFORMS ?= linux/amd64,linux/arm64
 PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
+# `make images-local`: the same Dockerfiles built on this machine without Docker or a registry (buildah, a Debian
+# stand-in base when Docker Hub is unreachable) plus a KServe storage-initializer; native platform only so far.
+LOCAL_PLATFORMS ?= linux/amd64
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools cluster-tools node-tools node-debs cluster-e2e cluster-up etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images actionlint
+.PHONY: help venv tools cluster-tools node-tools node-debs cluster-e2e cluster-up etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images actionlint images-tools images-local images-test
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -42,6 +45,8 @@ help:
 	@echo "make manifests - regenerate manifests/ (InferenceService, kustomize base and overlays)"
 	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml (and manifests/retrain/, which ships it)"
 	@echo "make images - build + push tsr-components and tsr-predictor for PLATFORMS (docker buildx; REGISTRY, TAG)"
+	@echo "make images-local - build tsr-components, tsr-predictor and a storage-initializer here, daemonless (buildah; .state/images)"
+	@echo "make images-test - check the images make images-local built (pytest tests/images)"
 	@echo "make cluster-tools - kube-apiserver/controller-manager/scheduler/kubectl, the KServe controller, etcd (pytest -m cluster)"
 	@echo "make node-tools - kubelet, containerd + ctr + runc shim, the pause and test images, runc/CNI/socat (pytest -m node)"
 	@echo "make cluster-e2e - the node tier: control plane + KServe + a real node in namespaces (tests/node)"
@@ -179,6 +184,30 @@ images:
 	docker buildx build --platform $(PLATFORMS) $$args -f components/Dockerfile -t $(REGISTRY)/tsr-components:$(TAG) --push . && \
 	docker buildx build --platform $(PLATFORMS) $$args -f serving/Dockerfile -t $(REGISTRY)/tsr-predictor:$(TAG) --push . && \
 	.ci/image-sizes.sh $(REGISTRY)/tsr-components:$(TAG) $(REGISTRY)/tsr-predictor:$(TAG)
+
+# `make images-local` (docs/images.md): buildah with project-local storage (.state/containers), a Debian stand-in
+# base when python:3.11.14-slim-bookworm cannot be pulled, PyPI's torch when the CPU index is unreachable (all
+# said in the log); docker-archive tars + sizes.json in .state/images. Needs root. Debian's packages, like prometheus.
+IMAGE_PACKAGES := debootstrap buildah runc skopeo curl
+images-tools:
+	@if command -v debootstrap >/dev/null && command -v buildah >/dev/null && command -v runc >/dev/null && \
+	  command -v skopeo >/dev/null && command -v curl >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  echo "installing Debian's $(IMAGE_PACKAGES) packages (make images-local)"; \
+	  $$sudo apt-get install -y -qq --no-install-recommends $(IMAGE_PACKAGES) >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $(IMAGE_PACKAGES) >/dev/null; } || \
+	  { echo "could not install $(IMAGE_PACKAGES) (needs root or sudo)"; exit 1; }; \
+	else \
+	  echo "make images-local needs $(IMAGE_PACKAGES) (no apt-get here)"; exit 1; \
+	fi
+
+images-local: images-tools
+	TAG=$(TAG) PLATFORMS=$(LOCAL_PLATFORMS) PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
+
+# The image tier (tests/images): plain `make test` deselects it; it fails, naming images-local, without the images.
+images-test: venv $(TOOLS)/minio
+	$(PY) -m pytest -q tests/images
 
 $(TOOLS)/actionlint:
 	@mkdir -p $(TOOLS)

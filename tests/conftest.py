@@ -171,6 +171,7 @@ INTEGRATION_MODULES = frozenset(
         "serving/test_prometheus_integration.py",
         "cluster/",  # the cluster tier: a real control plane (tests/cluster_plane.py) for every test
         "node/",  # the node tier: that control plane plus a real node (tests/cluster_node.py), -m node only
+        "images/",  # the image tier: buildah and the images `make images-local` built (tests/images/conftest.py)
     }
 )
 _tier_cache: dict[types.CodeType, str | None] = {}

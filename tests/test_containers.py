@@ -30,6 +30,7 @@ from tsr.local.checkout import REPO_ROOT
 COMPONENTS_DOCKERFILE = REPO_ROOT / "components" / "Dockerfile"
 SERVING_DOCKERFILE = REPO_ROOT / "serving" / "Dockerfile"
 DOCKERFILES = {"tsr-components": COMPONENTS_DOCKERFILE, "tsr-predictor": SERVING_DOCKERFILE}
+STORAGE_INITIALIZER_DOCKERFILE = REPO_ROOT / ".ci" / "images" / "storage-initializer" / "Dockerfile"
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL")
 # name:tag with an exact x.y.z version in the tag, optionally @sha256:<digest>.
@@ -323,9 +324,24 @@ def test_base_image_is_the_same_everywhere() -> None:
     """Makefile, both Dockerfiles and the release workflow build on the same exact base tag."""
     base = makefile_variables()["PYTHON_IMAGE"]
     assert EXACT_REF.match(base) and "-slim-bookworm" in base
-    for path in DOCKERFILES.values():
+    for path in (*DOCKERFILES.values(), STORAGE_INITIALIZER_DOCKERFILE):
         assert parse_dockerfile(path).global_args["PYTHON_IMAGE"] == base
     assert load_workflow("images.yml")["env"]["PYTHON_IMAGE"] == base
+
+
+def test_make_images_local_builds_the_same_dockerfiles_daemonless() -> None:
+    """`make images-local` hands the Makefile's base and tag to .ci/images/build.sh, which builds the two
+    Dockerfiles as they are (build arguments only) with buildah, plus the storage initializer."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    match = re.search(r"^images-local:.*?\n((?:\t.*\n?)+)", makefile, flags=re.M)
+    assert match, "Makefile has no images-local target"
+    assert "PYTHON_IMAGE=$(PYTHON_IMAGE)" in match.group(1) and ".ci/images/build.sh" in match.group(1)
+    assert re.search(r"^\t@echo \"make images-local ", makefile, flags=re.M), "make help lists images-local"
+    script = (REPO_ROOT / ".ci" / "images" / "build.sh").read_text()
+    for image, path in DOCKERFILES.items():
+        assert f"build {image} {path.relative_to(REPO_ROOT).as_posix()} . " in script
+    for flag in ("--layers", "--isolation chroot", "--build-arg PYTHON_IMAGE=", "--build-arg TORCH_INDEX_URL="):
+        assert flag in script
 
 
 # --- GitHub Actions ---------------------------------------------------------------------------------------------

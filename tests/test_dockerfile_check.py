@@ -23,6 +23,8 @@ BINARY = REPO_ROOT / ".tools" / "bin" / "dockerfile-check"
 SOURCE = REPO_ROOT / ".ci" / "dockerfile-check"
 IMAGES = {"tsr-components": "components/Dockerfile", "tsr-predictor": "serving/Dockerfile"}
 PLATFORMS = ("linux/amd64", "linux/arm64")
+# KServe's storage initializer, built from PyPI's kserve-storage by `make images-local` (.ci/images/build.sh).
+STORAGE_INITIALIZER = ".ci/images/storage-initializer/Dockerfile"
 BUILD_PLATFORM = "linux/amd64"  # what the tool converts on, like an amd64 CI runner
 NON_ROOT_ID = "10001"
 
@@ -144,6 +146,30 @@ def test_component_image_runs_python_by_default(platform: str) -> None:
     assert image["cmd"] == ["python"]
     assert image["exposed_ports"] == []
     assert "healthcheck" not in image
+
+
+@cache
+def storage_initializer() -> Report:
+    status, reports, stderr = dockerfile_check("--platform", ",".join(PLATFORMS), STORAGE_INITIALIZER)
+    assert status == 0, stderr
+    report: Report = reports[STORAGE_INITIALIZER]
+    return report
+
+
+def test_storage_initializer_lints_clean_and_converts_for_both_platforms() -> None:
+    report = storage_initializer()
+    assert report["lint"] == [] and report["errors"] == []
+    assert sorted(report["platforms"]) == sorted(PLATFORMS)
+
+
+@each_platform
+def test_storage_initializer_is_non_root_on_the_pinned_base_and_takes_src_dest(platform: str) -> None:
+    image = storage_initializer()["platforms"][platform]
+    assert image["user"] == "1000:1000"  # numeric, like KServe's own storage-initializer image
+    assert image["base"] == pinned_base()
+    assert {s["base"] for s in image["stages"]} == {pinned_base()}
+    # The KServe controller appends `<src-uri> <dest-dir>` to the entrypoint.
+    assert image["entrypoint"] == ["python", "/opt/storage-initializer/entrypoint.py"] and not image["cmd"]
 
 
 def test_make_images_build_args_pin_the_base_by_digest() -> None:
