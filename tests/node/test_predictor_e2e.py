@@ -341,7 +341,9 @@ def _with_store(
 
     # ---- tsr deploy: version 2, then tsr rollback -------------------------------------------------------------
     summary["deploy2_s"] = round(deploy(versions[1]), 1)
-    pod2 = _wait("a Ready predictor pod serving version 2", lambda: _serving_pod(core, uris[1]))
+    # the engine returned on the controller's status only once the new version's pod was Ready
+    pod2 = _serving_pod(core, uris[1])
+    assert pod2 is not None, f"deploy returned before a pod of version 2 was Ready\n{_diagnose(n, core)}"
     port2 = n.forward_to_pod(pod2.status.pod_ip, _http_port(pod2))
     second = _serves(_ask(port2, samples), samples, "p1")
     summary["deploy2_ok"] = all(second)
@@ -357,7 +359,8 @@ def _with_store(
     )
     summary["rollback_s"] = round(time.monotonic() - started, 1)
     assert result.ok, f"{result.message}\n{_diagnose(n, core)}"
-    pod3 = _wait("a Ready predictor pod serving version 1 again", lambda: _serving_pod(core, uris[0]))
+    pod3 = _serving_pod(core, uris[0])
+    assert pod3 is not None, f"rollback returned before a pod of version 1 was Ready\n{_diagnose(n, core)}"
     port3 = n.forward_to_pod(pod3.status.pod_ip, _http_port(pod3))
     back = _serves(_ask(port3, samples), samples, "p0")
     summary["rollback_ok"] = all(back)
