@@ -62,7 +62,7 @@ resolve_base() {
   local platform=$1 arch=${1#*/}
   local probe
   if probe=$(timeout 15 skopeo inspect --override-arch "$arch" --raw "docker://docker.io/library/$PYTHON_IMAGE" \
-       2>&1 >/dev/null | sed -e 's/.*msg="//' -e 's/"$//' | cut -c1-240); then
+       2>&1 >/dev/null | sed -e 's/.*msg="//' -e 's/"$//' -e 's/^Error parsing image name [^ ]*: //' | cut -c1-300); then
     log "base: $PYTHON_IMAGE from Docker Hub"
     "${B[@]}" pull -q --platform "$platform" "docker.io/library/$PYTHON_IMAGE" >/dev/null
     BASE=docker.io/library/$PYTHON_IMAGE
@@ -135,6 +135,14 @@ TSR_REVISION=$(revision pyproject.toml README.md requirements.lock tsr component
   components/Dockerfile serving/Dockerfile)
 INITIALIZER_REVISION=$(revision .ci/images/storage-initializer)
 
+# prune: drop what earlier builds left (a replaced image, then its now unused layers: one level per pass), right
+# after each image, so that a rebuild needs free space for one image at a time, not for all of them.
+prune() {
+  for _ in $(seq 40); do
+    [ -n "$("${B[@]}" rmi --prune 2>/dev/null)" ] || break
+  done
+}
+
 # build <name> <dockerfile> <context> <platform> <revision> [extra bud args...]
 build() {
   local name=$1 dockerfile=$2 context=$3 platform=$4 revision=$5 t0 stage
@@ -158,6 +166,7 @@ build() {
   "${bud[@]}" --label org.opencontainers.image.version="$TAG" --label org.opencontainers.image.revision="$revision" \
     --label io.tsr.build.base="$BASE_NOTE" -t "$ref" "$context" >>"$log" 2>&1 ||
     { tail -30 "$log" >&2; die "$ref failed (log: $log)"; }
+  prune
   BUILD_SECONDS[$name]=$(($(now) - t0))
   log "  $ref: $(image_id "$ref" | cut -c1-12) in ${BUILD_SECONDS[$name]} s (log: $OUT/$name-build.log)"
 }
@@ -193,10 +202,6 @@ for platform in ${PLATFORMS//,/ }; do
   build tsr-storage-initializer .ci/images/storage-initializer/Dockerfile .ci/images/storage-initializer "$platform" \
     "$INITIALIZER_REVISION" \
     --build-arg KSERVE_STORAGE_VERSION="$KSERVE_STORAGE_VERSION"
-  # What earlier builds left (replaced images and their now unused layers): pruned one level per pass.
-  for _ in $(seq 30); do
-    [ -n "$("${B[@]}" rmi --prune 2>/dev/null)" ] || break
-  done
   for name in tsr-components tsr-predictor tsr-storage-initializer; do
     archive "$name" "$arch"
     IMAGES+=("$name|$arch|localhost/$name:$TAG|$OUT/$name-$TAG-$arch.tar|${BUILD_SECONDS[$name]}")
