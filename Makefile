@@ -322,8 +322,13 @@ node-tools: node-debs $(TOOLS)/.stamp-kubelet-$(KUBE_VERSION) $(TOOLS)/.stamp-co
   $(NODE_DIR)/.stamp-images-$(KUBE_VERSION)
 
 # The node tier: the control plane of the cluster tier plus a real node (tests/cluster_node.py); not in `make test`.
+# The predictor's end-to-end test (tests/node/test_predictor_e2e.py) takes its images from make images-local
+# (TSR_IMAGES_DIR, default .state/images) and leaves a one-line JSON summary, printed here, pass or fail.
+E2E_SUMMARY := .state/cluster-e2e/predictor-e2e.json
 cluster-e2e: venv node-tools cluster-tools
-	$(PY) -m pytest -q -m node tests/node
+	@rm -f $(E2E_SUMMARY)
+	@$(PY) -m pytest -q -m node tests/node; status=$$?; \
+	  if [ -f $(E2E_SUMMARY) ]; then cat $(E2E_SUMMARY); fi; exit $$status
 
 # A control plane + KServe + a node for people: prints a kubeconfig path, runs until Ctrl-C.
 cluster-up: venv node-tools cluster-tools

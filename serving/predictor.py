@@ -41,7 +41,7 @@ from tsr.core.config import StoreConfig
 from tsr.core.drift import DriftMonitor, InputReference
 from tsr.core.models import ModelConfig, load_model_dir
 from tsr.core.preprocessing import resize_uint8, to_model_input
-from tsr.core.registry import Registry, materialize, parse_model_spec
+from tsr.core.registry import Registry, downloaded_version, materialize, parse_model_spec
 from tsr.core.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,8 @@ class TSRPredictor(Model):
         """Resolve, download, checksum-verify and warm up; nothing is swapped in here."""
         spec = parse_model_spec(self.source.spec, self.name)
         model_dir, uri = materialize(spec, self.source.store, self.source.cache_dir)
+        # A registry version copied whole (KServe's storage-initializer into /mnt/models): checked, and named.
+        downloaded = None if spec.needs_store else downloaded_version(model_dir)
         model, config = load_model_dir(model_dir)
         drift = None
         if config.input_reference:
@@ -165,6 +167,8 @@ class TSRPredictor(Model):
             log.warning("model %s has no input reference: drift gauges stay empty", uri)
         # The alias was resolved to an immutable version: report that, not "champion".
         version = uri.rstrip("/").rsplit("/", 1)[-1] if spec.needs_store else None
+        if downloaded is not None:
+            version, uri = downloaded
         loaded = LoadedModel(model, config, uri, version, model_dir, drift, time.time())
         size = config.preprocess.image_size
         self._run_model(loaded, torch.zeros(1, 3, size, size, dtype=torch.uint8))  # warm-up

@@ -179,11 +179,13 @@ class Node:
             str(self.tools["ctr"]), "--address", address, "-n", "k8s.io", *args, timeout=timeout, check=check
         )
 
-    def import_image(self, archive: Path) -> list[str]:
+    def import_image(self, archive: Path, discard_layers: bool = False, timeout: float = 300) -> list[str]:
         """Import a docker- or OCI-archive into the node's containerd (the namespace the kubelet uses); the
-        image references it brought."""
+        image references it brought. `discard_layers`: once unpacked, the layer blobs leave the content store
+        (a big image then takes its unpacked size once on disk, not twice)."""
         before = set(self.images())
-        self.ctr("images", "import", "--local", str(archive.resolve()))
+        extra = ["--discard-unpacked-layers"] if discard_layers else []
+        self.ctr("images", "import", "--local", *extra, str(archive.resolve()), timeout=timeout)
         return sorted(set(self.images()) - before) or self.images()
 
     def images(self) -> list[str]:
@@ -394,8 +396,16 @@ class NetnsDialer:
 
 
 # ---- configuration files -------------------------------------------------------------------------------------
-def containerd_config(root: Path, pause_ref: str) -> str:
+def containerd_config(root: Path, pause_ref: str, snapshot_root: Path | None = None) -> str:
+    """containerd's config; everything on the node's tmpfs, but the unpacked layers (the overlayfs snapshots)
+    in `snapshot_root` when given: on disk, images of gigabytes fit, and the content store's copy of their
+    layers stays in RAM only until it is unpacked (import with `discard_layers`), never on the disk too."""
     cni = root / "cni"
+    overlay = (
+        f"\n[plugins.'io.containerd.snapshotter.v1.overlayfs']\n  root_path = \"{snapshot_root}\"\n"
+        if snapshot_root is not None
+        else ""
+    )
     return f"""version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -428,7 +438,7 @@ state = "/run/containerd"
 
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
   sandbox = "{pause_ref}"
-"""
+{overlay}"""
 
 
 def cni_config(pod_cidr: str) -> dict[str, Any]:
@@ -548,9 +558,12 @@ def remove_cgroup_tree(path: Path, timeout_s: float = 10.0) -> list[str]:
 
 # ---- the fixture body ----------------------------------------------------------------------------------------
 @contextmanager
-def node(plane: ControlPlane, root: Path, name: str = "tsr-node") -> Iterator[Node]:
+def node(plane: ControlPlane, root: Path, name: str = "tsr-node", snapshot_root: Path | None = None) -> Iterator[Node]:
     """Start a node (namespaces, containerd, the kubelet) that registers with `plane`; yield once it is Ready
-    and the pause image is imported; stop everything on exit and check that nothing of it is left."""
+    and the pause image is imported; stop everything on exit and check that nothing of it is left.
+
+    `snapshot_root`: a host directory for containerd's unpacked layers instead of the node's tmpfs (for images
+    of gigabytes); the caller removes it after the exit."""
     tools = find_node_tools()
     if plane.ca is None:
         pytest.fail("the control plane has no CA to issue the kubelet's certificate with (tests/cluster_plane.py)")
@@ -563,7 +576,9 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node") -> Iterator[No
     ip, pod_cidr = f"10.213.{number}.2", f"10.214.{number}.0/24"
     (root / "cni").mkdir(exist_ok=True)
     (root / "cni" / "10-tsr-pods.conflist").write_text(json.dumps(cni_config(pod_cidr), indent=2))
-    (root / "containerd.toml").write_text(containerd_config(root, pause_ref))
+    (root / "containerd.toml").write_text(containerd_config(root, pause_ref, snapshot_root))
+    if snapshot_root is not None:
+        snapshot_root.mkdir(parents=True, exist_ok=True)
     kubelet = kubelet_config(plane.ca_file, cgroup_root, ip)
     (root / "kubelet.yaml").write_text(yaml.safe_dump(kubelet, sort_keys=False))
     certs = root / "pki"

@@ -131,6 +131,24 @@ def test_rollout_state_needs_generation_revision_and_traffic() -> None:
     assert "expected 100%" in r.rollout_state(canary)[1]
 
 
+def test_rollout_state_waits_for_the_new_replicaset_in_standard_mode() -> None:
+    """KServe's status while the Deployment rolls out (measured on a real node, tests/node): Ready and
+    PredictorReady True from the Deployment's Available condition; done only with NewReplicaSetAvailable."""
+
+    def obj(reason: str, mode: str = "Standard") -> dict[str, Any]:
+        conditions = [
+            {"type": "PredictorReady", "status": "True", "reason": reason, "message": "m"},
+            {"type": "Ready", "status": "True"},
+        ]
+        status = {"observedGeneration": 2, "deploymentMode": mode, "conditions": conditions}
+        return {"metadata": {"generation": 2}, "status": status}
+
+    done, why = r.rollout_state(obj("MinimumReplicasAvailable"))
+    assert not done and "still rolling out (MinimumReplicasAvailable" in why
+    assert r.rollout_state(obj("NewReplicaSetAvailable")) == (True, "")
+    assert r.rollout_state(obj("MinimumReplicasAvailable", mode="Serverless")) == (True, "")
+
+
 def test_predictor_patch_deletes_only_managed_fields() -> None:
     live = {"minReplicas": 1, "canaryTrafficPercent": 10, "timeout": 60, "nodeSelector": {"a": "1", "b": "2"}}
     desired = {"minReplicas": 2, "nodeSelector": {"a": "1"}}

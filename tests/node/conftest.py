@@ -7,6 +7,7 @@ neither `make node-tools` nor the minute the node takes to start.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +49,14 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="session")
 def kube_node(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with node(plane, tmp_path_factory.mktemp("node")) as n:
-        print(f"\nnode {n.name} up: {', '.join(f'{k} {v:.1f} s' for k, v in n.startup_s.items())}")
-        yield n
-        n.assert_running()
+    """The session's node; containerd's unpacked layers on disk (the predictor image is gigabytes), removed after
+    the node stops."""
+    root = tmp_path_factory.mktemp("node")
+    snapshots = root / "snapshots"
+    try:
+        with node(plane, root, snapshot_root=snapshots) as n:
+            print(f"\nnode {n.name} up: {', '.join(f'{k} {v:.1f} s' for k, v in n.startup_s.items())}")
+            yield n
+            n.assert_running()
+    finally:
+        shutil.rmtree(snapshots, ignore_errors=True)

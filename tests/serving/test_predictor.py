@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import math
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,20 @@ def test_reload_follows_champion_and_keeps_old_model_on_failure(
     assert _call(predictor, request).model_version == second
     assert _sample(registry_metrics, "tsr_model_reloads_total", {"model": name, "result": "success"}) == 1
     assert _sample(registry_metrics, "tsr_model_reloads_total", {"model": name, "result": "failure"}) == 1
+
+
+def test_a_registry_version_copied_whole_reports_its_version(tmp_path: Path) -> None:
+    """Under KServe the storage-initializer copies s3://models/<name>/<version>/ into /mnt/models and the
+    predictor loads that directory: it reports the registry version and URI from the card, after checking
+    every file against SHA256SUMS, instead of "local"."""
+    store = StoreConfig(kind="dir", directory=tmp_path / "store")
+    registry = Registry.from_config(store)
+    version = registry.publish("m", make_model_dir(tmp_path / "model"), card={})
+    mnt = tmp_path / "mnt-models"
+    shutil.copytree(tmp_path / "store" / "models" / "m" / version, mnt)  # what the storage-initializer does
+    predictor = TSRPredictor("m", ModelSource(str(mnt)), PredictorOptions(threads=1))
+    assert predictor.load()
+    assert predictor.model_version == version and predictor.model_uri == registry.uri("m", version)
+    (mnt / WEIGHTS_FILE).write_bytes(b"not the weights")
+    with pytest.raises(RegistryError, match="do not match"):
+        TSRPredictor("m", ModelSource(str(mnt)), PredictorOptions(threads=1)).load()

@@ -368,6 +368,21 @@ def _matches(directory: Path, sums: dict[str, str]) -> bool:
     return all((directory / f).is_file() and sha256_file(directory / f) == d for f, d in sums.items())
 
 
+def downloaded_version(directory: Path) -> tuple[str, str] | None:
+    """(version, uri) of a registry version that something else copied whole into `directory`, as KServe's
+    storage-initializer copies every object of s3://<bucket>/<name>/<version>/ into /mnt/models: every file its
+    SHA256SUMS names must match, and its model card names the version. None when the directory holds no
+    SHA256SUMS and card (a model directory that never went through the registry)."""
+    sums_path, card_path = directory / SUMS_FILE, directory / CARD_FILE
+    if not (sums_path.is_file() and card_path.is_file()):
+        return None
+    sums = parse_sums(sums_path.read_text(), str(sums_path))
+    if not _matches(directory, sums):
+        raise RegistryError(f"{directory}: its files do not match its {SUMS_FILE} (an incomplete or altered copy)")
+    card = json.loads(card_path.read_text())
+    return str(card["version"]), str(card["uri"])
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed `--model` argument: a local directory or a registry name + version/alias."""

@@ -231,6 +231,26 @@ def _terminal(obj: Mapping[str, Any]) -> bool:
     return (status.get("modelStatus") or {}).get("transitionStatus") in TERMINAL_TRANSITIONS
 
 
+# Standard mode: KServe v0.20 (PropagateRawStatus) copies the predictor Deployment's Available condition into
+# PredictorReady, and Ready with it, while the new ReplicaSet is still starting (Available stays True: the old
+# pod serves); only a finished rollout carries the Progressing condition's reason, NewReplicaSetAvailable.
+# Measured on a real node: without this check `tsr deploy` of a second version returned after 1 s, with the
+# old version still serving and the new pod not yet Ready.
+STANDARD_ROLLOUT_DONE_REASON = "NewReplicaSetAvailable"
+
+
+def _standard_rollout_in_progress(status: Mapping[str, Any]) -> str:
+    """Why a Standard-mode InferenceService whose Ready is True is still rolling out its Deployment, or ""."""
+    if status.get("deploymentMode") not in ("Standard", "RawDeployment"):
+        return ""
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PredictorReady" and c.get("status") == "True":
+            reason = c.get("reason") or ""
+            if reason and reason != STANDARD_ROLLOUT_DONE_REASON:
+                return f"predictor Deployment still rolling out ({reason}: {c.get('message') or 'new pods starting'})"
+    return ""
+
+
 def rollout_state(obj: Mapping[str, Any], canary_percent: int | None = None) -> tuple[bool, str]:
     """(done, why not) for the object's current generation.
 
@@ -246,6 +266,9 @@ def rollout_state(obj: Mapping[str, Any], canary_percent: int | None = None) -> 
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     if not ready:
         return False, conditions_summary(obj)
+    rolling = _standard_rollout_in_progress(status)
+    if rolling:
+        return False, rolling
     predictor = (status.get("components") or {}).get("predictor") or {}
     latest_created, latest_ready = predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")
     if latest_created and latest_ready != latest_created:
