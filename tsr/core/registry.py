@@ -359,22 +359,24 @@ class Registry:
             raise RegistryError(f"{uri} is not a complete version (no {SUMS_FILE})") from exc
         target = cache_dir / name / version
         record = cache_dir / name / (version + STORE_STATE_SUFFIX)
-        if target.is_dir() and _matches(target, sums):
+        if target.is_dir():
             changed = self._changed_objects(name, version, sums, record)
-            if changed:
+            if changed is None:
+                log.info("the cached copy of %s has no record of its store objects (older release): refetching", uri)
+            elif changed:
                 log.warning(
                     "the store's copy of %s changed since it was cached (%s): fetching and verifying it again",
                     uri,
                     ", ".join(changed[:5]),
                 )
+            elif not _matches(target, sums):
+                log.warning("the cached copy of %s no longer matches its SHA256SUMS: fetching it again", uri)
             else:
                 try:
                     verify_directory(target, uri, trust)
                     return target
                 except SignatureError as exc:
                     log.warning("the cached copy of %s fails verification (%s): fetching it again", uri, exc)
-        elif target.is_dir():
-            log.warning("the cached copy of %s differs from the store's SHA256SUMS: fetching it again", uri)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".download-"))
         try:
@@ -407,14 +409,14 @@ class Registry:
         """The change tag (size, ETag) of each object of a version, SHA256SUMS included."""
         return {f: self.store.stat(f"{name}/{version}/{f}") for f in sorted([*sums, SUMS_FILE])}
 
-    def _changed_objects(self, name: str, version: str, sums: dict[str, str], record: Path) -> list[str]:
+    def _changed_objects(self, name: str, version: str, sums: dict[str, str], record: Path) -> list[str] | None:
         """Objects whose tags differ from those recorded when the cached copy was downloaded.
 
-        A cache without a record (written by an older release) counts as changed: it is fetched once more."""
+        None when there is no record (a cache written by an older release): it is fetched once more."""
         try:
             recorded = json.loads(record.read_text())
         except (OSError, ValueError):
-            return ["no record of the store objects it came from"]
+            return None
         try:
             current = self._object_tags(name, version, sums)
         except FileNotFoundError as exc:
