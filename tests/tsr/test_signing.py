@@ -26,12 +26,16 @@ from tsr.core.models import WEIGHTS_FILE, load_model_dir
 from tsr.core.registry import SUMS_FILE, ModelSpec, Registry, RegistryError, format_sums, materialize, parse_sums
 from tsr.core.signing import (
     ENV_ALLOW_UNSIGNED,
+    ENV_PUBLIC_KEY,
     PRIVATE_KEY_NAME,
     PUBLIC_KEY_NAME,
     SIG_FILE,
+    SignatureError,
     Trust,
     ensure_local_key_pair,
     local_key_dir,
+    sign_directory,
+    verify_directory,
 )
 from tsr.core.store import S3Store
 from tsr.local.checkout import REPO_ROOT
@@ -240,3 +244,26 @@ def test_tampered_store_copy_behind_a_warm_cache_is_reported_and_refused(
         registry.fetch(NAME, version, cache)
     changed = [r.getMessage() for r in caplog.records if "changed since it was cached" in r.getMessage()]
     assert len(changed) == 1 and WEIGHTS_FILE in changed[0] and SUMS_FILE in changed[0], caplog.text
+
+
+def test_without_a_public_key_a_signed_directory_is_refused_unless_opted_in(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    private, public = ensure_local_key_pair()
+    directory = tmp_path / "version"
+    directory.mkdir()
+    (directory / "config.json").write_text("{}")
+    sign_directory(directory, private)
+    assert verify_directory(directory, "v1", Trust(public_key=public))
+    with pytest.raises(SignatureError, match=f"refusing v1: no public key.*{ENV_PUBLIC_KEY}"):
+        verify_directory(directory, "v1", Trust(public_key=None))
+    with caplog.at_level(logging.WARNING, logger="tsr.core.signing"):
+        assert not verify_directory(directory, "v1", Trust(public_key=None, allow_unsigned=True))
+    assert "NOT verified" in caplog.text
+    (directory / "config.json").write_text('{"evil": 1}')
+    with pytest.raises(SignatureError, match=r"refusing v1: content differs from the signed content: config\.json"):
+        verify_directory(directory, "v1", Trust(public_key=public, allow_unsigned=True))  # no opt-in helps
+    (directory / "config.json").write_text("{}")
+    (directory / "model.pt").write_bytes(b"an archive nobody signed")
+    with pytest.raises(SignatureError, match=r"refusing v1: files that are not signed: model\.pt$"):
+        verify_directory(directory, "v1", Trust(public_key=public))

@@ -9,8 +9,8 @@ Keys: `$TSR_SIGNING_KEY` (the private key's PEM file; the register step) and `$T
 (the public key's PEM file; the predictor, `tsr evaluate`, the registry's fetch). Without them, a
 local key pair in `<state>/signing/` is used, generated once (directory 0700, private key 0600, like
 the embedded MinIO's credentials). `TSR_ALLOW_UNSIGNED=1` (or `--allow-unsigned`) lets an operator load
-an unsigned version anyway; every such load logs a warning. A version that carries a signature is
-always verified: a bad signature is refused whatever the opt-in.
+an unsigned version anyway (or a signed one where no public key is configured); every such load logs a
+warning. A signature that does not verify with the configured public key is refused whatever the opt-in.
 """
 
 from __future__ import annotations
@@ -128,9 +128,12 @@ def sign_directory(directory: Path, key: Path) -> Path:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc)
-    changed = re.findall(r"Hash mismatch for '([^']+)'", text)
+    changed = re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", text)  # the names, quoted in a list's repr
     if changed:
         return f"content differs from the signed content: {', '.join(changed)}"
+    extra = re.search(r"Extra files found in model [^:]*: ([^\"\]]+)", text)
+    if extra:
+        return f"files that are not signed: {extra.group(1).strip()}"
     if "Key mismatch" in text:
         return "signed by another key than the configured public key"
     first = text.splitlines()[0] if text else type(exc).__name__
@@ -158,6 +161,14 @@ def verify_directory(directory: Path, label: str, trust: Trust) -> bool:
             f"set {ENV_ALLOW_UNSIGNED}=1 or --allow-unsigned to load it anyway"
         )
     if trust.public_key is None:
+        if trust.allow_unsigned:  # e.g. a cluster whose readers have no key yet: as unverified as unsigned
+            log.warning(
+                "loading model %s with its signature NOT verified (no public key; set %s): allowed by %s=1",
+                label,
+                ENV_PUBLIC_KEY,
+                ENV_ALLOW_UNSIGNED,
+            )
+            return False
         raise SignatureError(
             f"refusing {label}: no public key to verify its signature with (set {ENV_PUBLIC_KEY} to a PEM file)"
         )
