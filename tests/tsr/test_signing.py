@@ -37,7 +37,7 @@ from tsr.core.signing import (
     sign_directory,
     verify_directory,
 )
-from tsr.core.store import S3Store
+from tsr.core.store import DirStore, S3Store
 from tsr.local.checkout import REPO_ROOT
 
 NAME = "signed"
@@ -267,3 +267,13 @@ def test_without_a_public_key_a_signed_directory_is_refused_unless_opted_in(
     (directory / "model.pt").write_bytes(b"an archive nobody signed")
     with pytest.raises(SignatureError, match=r"refusing v1: files that are not signed: model\.pt$"):
         verify_directory(directory, "v1", Trust(public_key=public))
+
+
+def test_a_missing_signing_key_fails_the_publish_before_anything_is_uploaded(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TSR_SIGNING_KEY", str(tmp_path / "no-such-key.pem"))
+    registry = Registry(DirStore(tmp_path / "store", "models"))
+    with pytest.raises(RegistryError, match=r"cannot sign the version: TSR_SIGNING_KEY=.*no-such-key\.pem"):
+        registry.publish(NAME, tiny_model_dir, {})
+    assert registry.store.list(f"{NAME}/") == []

@@ -501,7 +501,10 @@ def materialize(
 
 def _sign(files: list[Path], card_bytes: bytes, key: Path | None) -> bytes:
     """The signature of a version's files plus its card, made in a scratch copy (hard links)."""
-    key = signing_key() if key is None else key
+    try:
+        key = signing_key() if key is None else key
+    except (SignatureError, OSError) as exc:  # $TSR_SIGNING_KEY names no file; no writable state dir
+        raise RegistryError(f"cannot sign the version: {exc}") from exc
     with tempfile.TemporaryDirectory(prefix="tsr-sign-") as scratch:
         stage = Path(scratch)
         for path in files:

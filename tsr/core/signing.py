@@ -62,13 +62,16 @@ def ensure_local_key_pair(environ: Mapping[str, str] | None = None) -> tuple[Pat
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+        scratch = directory / f".{PRIVATE_KEY_NAME}.{os.getpid()}"
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
         try:
-            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(scratch, private)  # atomic and create-only: a reader never sees half a key
         except FileExistsError:  # another process generated it meanwhile: use theirs
             pass
-        else:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
+        finally:
+            scratch.unlink()
     os.chmod(private, 0o600)
     if not public.is_file():
         key_pem = serialization.load_pem_private_key(private.read_bytes(), None)
