@@ -10,25 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.opt_in import mark_and_deselect
+
 IMAGES_DIR = Path(__file__).resolve().parent
-
-
-def _asked_for(config: pytest.Config) -> bool:
-    if "images" in (config.getoption("markexpr", "") or ""):
-        return True
-    invocation_dir = config.invocation_params.dir
-    for arg in config.args:
-        path = (invocation_dir / arg.split("::", 1)[0]).resolve()
-        if path.is_relative_to(IMAGES_DIR):
-            return True
-    return False
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects by the marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    ours = [item for item in items if item.path.resolve().is_relative_to(IMAGES_DIR)]
-    for item in ours:
-        item.add_marker(pytest.mark.images)
-    if ours and not _asked_for(config):
-        config.hook.pytest_deselected(items=ours)
-        items[:] = [item for item in items if item not in ours]
+    mark_and_deselect(config, items, "images", IMAGES_DIR)

@@ -15,29 +15,14 @@ import pytest
 
 from tests.cluster_node import Node, node
 from tests.cluster_plane import ControlPlane, control_plane
+from tests.opt_in import mark_and_deselect
 
 NODE_TESTS = Path(__file__).resolve().parent
 
 
-def _asked_for(config: pytest.Config) -> bool:
-    if "node" in (config.option.markexpr or ""):
-        return True
-    for arg in config.args:
-        path = Path(arg.split("::", 1)[0]).resolve()
-        if path == NODE_TESTS or NODE_TESTS in path.parents:
-            return True
-    return False
-
-
 @pytest.hookimpl(tryfirst=True)  # before -m selects by it
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    mine = [item for item in items if NODE_TESTS in item.path.resolve().parents]
-    for item in mine:
-        item.add_marker(pytest.mark.node)
-    if mine and not _asked_for(config):
-        selected = set(map(id, mine))
-        items[:] = [item for item in items if id(item) not in selected]
-        config.hook.pytest_deselected(items=mine)
+    mark_and_deselect(config, items, "node", NODE_TESTS)
 
 
 @pytest.fixture(scope="session")
