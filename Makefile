@@ -59,7 +59,8 @@ help:
 	@echo "make fuzz   - the predictor fuzz tests with 10x the examples"
 
 $(VENV)/.stamp: pyproject.toml requirements.lock
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { .ci/disk-free.sh $(CURDIR) 8 "the venv (torch and its CUDA libraries from PyPI: 6.2 GB installed)" && \
+	  $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip==26.3
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	@touch $@
@@ -232,6 +233,7 @@ KSERVE_DIR := $(CURDIR)/.tools/kserve
 
 $(TOOLS)/.stamp-kube-$(KUBE_VERSION): .ci/kube/go.mod .ci/kube/go.sum
 	@mkdir -p $(TOOLS)
+	@.ci/disk-free.sh "$$(go env GOCACHE)" 6 "the Kubernetes control plane build (Go module and build caches)"
 	@echo "building Kubernetes $(KUBE_VERSION) control plane ($(KUBE_BINARIES)) with go build (first time: ~12 min on 2 cores)"
 	cd .ci/kube && CGO_ENABLED=0 go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(TOOLS)/ \
 	  $(addprefix k8s.io/kubernetes/cmd/,$(KUBE_BINARIES))
@@ -240,6 +242,7 @@ $(TOOLS)/.stamp-kube-$(KUBE_VERSION): .ci/kube/go.mod .ci/kube/go.sum
 # The manager is built from a writable copy of the module source so that its own replace directives apply;
 # its CRDs, webhook configurations and inferenceservice-config go beside it for the test fixture.
 $(KSERVE_DIR)/.stamp-$(KSERVE_CRD_VERSION):
+	@.ci/disk-free.sh "$$(go env GOCACHE)" 3 "the KServe controller build (Go module and build caches)"
 	@echo "building the KServe $(KSERVE_CRD_VERSION) controller (first time: ~5 min)"
 	src=$$(go mod download -json github.com/kserve/kserve@$(KSERVE_CRD_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && \
 	[ -d "$$src" ] && rm -rf $(KSERVE_DIR) && mkdir -p $(KSERVE_DIR)/crds && cp -r "$$src" $(KSERVE_DIR)/src && \

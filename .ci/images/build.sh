@@ -35,6 +35,10 @@ for tool in buildah debootstrap skopeo curl; do
   command -v $tool >/dev/null || die "$tool not found (make images-local installs it with apt-get)"
 done
 mkdir -p "$OUT" "$STATE/containers"
+# A cold build needs room for the base, the builder stage's venv, both images and one archive at a time (measured:
+# 18 GB of storage + 12 GB of archives after a full build); a rebuild over a warm cache needs less.
+if ls "$OUT"/*.tar >/dev/null 2>&1; then need=10; else need=20; fi
+"$ROOT/.ci/disk-free.sh" "$STATE" "$need" "make images-local"
 
 # ---- storage: project-local; overlay when the kernel lets root use it, else vfs (full copy per layer) --------
 # The driver is chosen once and remembered: a storage directory cannot change driver.
