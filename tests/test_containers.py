@@ -185,9 +185,10 @@ def test_final_stage_is_the_venv_only_and_non_root(path: Path) -> None:
         assert not re.search(r"\bpip3?\s+install\b|\bpython3? -m pip\b", run), f"{path}: pip in the final stage"
         assert not re.search(r"\bapt-get\b|\bapk\b|\bgcc\b|\bmake\b", run), f"{path}: build tools in the final stage"
     copies = final.all("COPY")
-    assert copies, "the final stage copies the venv"
-    for copy in copies:
-        assert copy.startswith("--from=builder /opt/venv /opt/venv"), f"{path}: final stage COPY {copy}"
+    # the dependencies' venv, then the project's own files over it (the `app` stage), nothing else
+    assert copies == ["--from=builder /opt/venv /opt/venv", "--from=app /opt/app/opt/venv /opt/venv"], (
+        f"{path}: final stage COPY {copies}"
+    )
     assert not final.all("ADD")
     env = {k: v for args in final.all("ENV") for k, v in assignments(args).items()}
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
@@ -198,6 +199,25 @@ def test_final_stage_is_the_venv_only_and_non_root(path: Path) -> None:
     assert any(run.strip() == "python -m tsr.core.backend" for run in final.all("RUN")), (
         "backend report in the build log"
     )
+
+
+@pytest.mark.parametrize("path", DOCKERFILES.values(), ids=DOCKERFILES.keys())
+def test_a_code_change_leaves_the_dependency_layer_alone(path: Path) -> None:
+    """The venv with torch is gigabytes: it must be built from the dependency list only, and every instruction
+    that changes with each commit (the code, the revision label) must come after the final stage copies it."""
+    dockerfile = parse_dockerfile(path)
+    builder = next(s for s in dockerfile.stages if s.name == "builder")
+    sources = [c.split()[-2] for c in builder.all("COPY")]
+    assert sources == ["requirements.lock", "/src/runtime-requirements.txt"], sources
+    wheel = next(s for s in dockerfile.stages if s.name == "wheel")
+    order = [(i.keyword, i.args) for i in wheel.instructions]
+    listed = next(n for n, (k, a) in enumerate(order) if k == "RUN" and "runtime-requirements.txt" in a)
+    first_code = next(n for n, (k, a) in enumerate(order) if k == "COPY" and a.startswith("tsr "))
+    assert listed < first_code, "the dependency list must be written before the code is copied in"
+    final = [(i.keyword, i.args) for i in dockerfile.final.instructions]
+    venv = final.index(("COPY", "--from=builder /opt/venv /opt/venv"))
+    changing = [n for n, (k, a) in enumerate(final) if k == "LABEL" or (k == "ARG" and a.startswith("REVISION"))]
+    assert changing and min(changing) > venv, "the revision label must come after the venv layer"
 
 
 @pytest.mark.parametrize("path", DOCKERFILES.values(), ids=DOCKERFILES.keys())

@@ -100,7 +100,9 @@ def test_every_stage_is_built_on_the_pinned_base_for_the_right_platform(name: st
     image = final_image(name, platform)
     assert image["base"] == pinned_base()
     stages = {s["name"]: s for s in image["stages"]}
-    assert list(stages) == ["wheel", "builder", ""], image["stages"]
+    assert list(stages) == ["wheel", "builder", "app", ""], image["stages"]
+    # `app` (the project's wheel alone) continues the builder's venv; every other stage starts on the base
+    assert stages.pop("app")["from"] == "builder"
     assert {s["from"] for s in stages.values()} == {"${PYTHON_IMAGE}"}
     assert {s["base"] for s in stages.values()} == {pinned_base()}
     # The pure-Python wheel is built once, natively; the venv and the final image are the target's.
