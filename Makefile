@@ -326,14 +326,14 @@ node-tools: node-debs $(TOOLS)/.stamp-kubelet-$(KUBE_VERSION) $(TOOLS)/.stamp-co
 
 # The node tier: the control plane of the cluster tier plus a real node (tests/cluster_node.py); not in `make test`.
 # The predictor's end-to-end test (tests/node/test_predictor_e2e.py) takes its images from make images-local
-# (TSR_IMAGES_DIR, default .state/images) and leaves a one-line JSON summary, printed here, pass or fail.
-E2E_SUMMARY := .state/cluster-e2e/predictor-e2e.json
+# (TSR_IMAGES_DIR, default .state/images); tests/node/test_pipeline_steps.py runs ingest and train as pods from the
+# component image. Each leaves a summary, pass or fail; tests/e2e_summary.py joins them into the one JSON line printed.
+E2E_SUMMARIES := .state/cluster-e2e
 # The images come from `make images-local` (cached: rebuilt only when their inputs change); with TSR_IMAGES_DIR set
 # (archives built elsewhere) that step is skipped.
 cluster-e2e: venv node-tools cluster-tools $(if $(TSR_IMAGES_DIR),,images-local)
-	@rm -f $(E2E_SUMMARY)
-	@$(PY) -m pytest -q -m node tests/node; status=$$?; \
-	  if [ -f $(E2E_SUMMARY) ]; then cat $(E2E_SUMMARY); fi; exit $$status
+	@rm -f $(E2E_SUMMARIES)/*.json
+	@$(PY) -m pytest -q -m node tests/node; status=$$?; $(PY) -m tests.e2e_summary; exit $$status
 
 # A control plane + KServe + a node for people: prints a kubeconfig path, runs until Ctrl-C.
 cluster-up: venv node-tools cluster-tools

@@ -74,6 +74,8 @@ NODE_PREFIX = 24
 _node_numbers = itertools.count()
 KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of cluster_plane.SERVICE_CIDR
 API_PORT_IN_NODE = 6443
+# Image archives from `make images-local` (docker-archives + sizes.json), or built elsewhere: TSR_IMAGES_DIR.
+IMAGES_DIR = Path(os.environ.get("TSR_IMAGES_DIR", REPO_ROOT / ".state" / "images"))
 ID_MAP = "0 0 65536\n"  # uids/gids 0-65535 mapped to themselves
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -767,3 +769,33 @@ def _delete_node(plane: ControlPlane, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def local_image(name: str) -> tuple[Path, str]:
+    """The docker-archive of an image `make images-local` built and its reference (from sizes.json)."""
+    sizes = IMAGES_DIR / "sizes.json"
+    found = sorted(IMAGES_DIR.glob(f"{name}-*-amd64.tar"))
+    if not sizes.is_file() or not found:
+        pytest.fail(f"no {name} archive in {IMAGES_DIR}: run `make images-local` (or set TSR_IMAGES_DIR)")
+    return found[-1], json.loads(sizes.read_text())["images"][name]["ref"]
+
+
+def _mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def check_room_for(n: Node, names: list[str]) -> None:
+    """Fail in one line unless the disk holds the images unpacked and memory the largest archive's layers (the
+    import passes them through the node's tmpfs)."""
+    sizes = json.loads((IMAGES_DIR / "sizes.json").read_text())["images"]
+    need = sum(sizes[name]["unpacked_bytes"] for name in names) + (2 << 30)
+    free = shutil.disk_usage(n.root).free
+    if free < need:
+        pytest.fail(f"{free / 1e9:.1f} GB free under {n.root}, the unpacked images need {need / 1e9:.1f} GB")
+    largest = max(local_image(name)[0].stat().st_size for name in names)
+    available = _mem_available()
+    if available < largest + (4 << 30):
+        pytest.fail(f"{available / 1e9:.1f} GB of memory available, the import passes the layers through RAM")
