@@ -7,7 +7,6 @@ it got); this joins them. A missing file means that test did not run: its part i
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from tsr.local.checkout import REPO_ROOT

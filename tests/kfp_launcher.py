@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from minio import Minio
+from minio.error import S3Error
 
 PREFIX = "minio://"
 LOCAL_ROOT = "/minio/"  # kfp.dsl.types.artifact_types: minio://b/k is read and written at /minio/b/k
@@ -106,7 +107,7 @@ def main(argv: list[str]) -> int:
             print(f"launcher: input {artifact['uri']} ({n} objects)", flush=True)
         for artifact in artifacts(executor_input["outputs"]):
             local_path(str(artifact["uri"])).parent.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, S3Error) as exc:
         print(f"launcher: {exc}", file=sys.stderr)
         return 2
     argv_step = [json.dumps(executor_input) if arg == PLACEHOLDER else arg for arg in command]
@@ -125,7 +126,7 @@ def main(argv: list[str]) -> int:
         local = Path("/tmp/launcher-executor-output.json")
         local.write_bytes(body)
         client.fput_object(bucket, key, str(local), content_type="application/json")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, S3Error) as exc:
         print(f"launcher: {exc}", file=sys.stderr)
         return 2
     print(f"launcher: executor output {output_uri}", flush=True)

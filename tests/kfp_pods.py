@@ -78,8 +78,12 @@ def artifact_store(store: StoreConfig) -> Minio:
     return Minio(store.endpoint, access_key=store.access_key, secret_key=store.secret_key, secure=store.secure)
 
 
-def install(core: k8s.CoreV1Api, namespace: str, endpoint: str, store: StoreConfig) -> None:
-    """The launcher's ConfigMap and the artifact store's Secret (`endpoint` as pods reach the store)."""
+def install(core: k8s.CoreV1Api, namespace: str, endpoint: str, store: StoreConfig, bucket: str) -> None:
+    """What a KFP installation provides: the artifact bucket, the launcher (here its stand-in's ConfigMap) and the
+    artifact store's Secret (`endpoint` as pods reach the store)."""
+    client = artifact_store(store)
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)
     core.create_namespaced_config_map(
         namespace,
         k8s.V1ConfigMap(

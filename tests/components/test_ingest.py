@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -79,15 +80,18 @@ def test_imagefolder_layout(gtsrb_small: Path, tmp_path: Path) -> None:
     assert all(v > 0 for v in card["counts"]["val"])
 
 
-def test_s3_source(gtsrb_small: Path, minio: StoreConfig, tmp_path: Path) -> None:
+def test_s3_source(gtsrb_small: Path, minio: StoreConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = S3Store(minio, "datasets")
     store.ensure_bucket()
     training = gtsrb_small / "gtsrb" / "GTSRB" / "Training"
     for cls in ("00000", "00001"):
         for path in sorted((training / cls).glob("*.ppm")):
             store.put_file(f"mini/{cls}/{path.name}", path)
-    card = ingest(IngestConfig(source="s3://datasets/mini"), tmp_path / "out", minio)
+    with caplog.at_level(logging.WARNING, logger="urllib3"):
+        card = ingest(IngestConfig(source="s3://datasets/mini"), tmp_path / "out", minio)
     assert card["layout"] == "imagefolder" and card["num_classes"] == 2
+    # the parallel copy reuses its connections (seen in a pod: one warning per object, a new connection each)
+    assert not [r for r in caplog.records if "Connection pool is full" in r.getMessage()]
     with pytest.raises(DataError, match="no objects under this prefix"):
         ingest(IngestConfig(source="s3://datasets/nothing-here"), tmp_path / "none", minio)
 

@@ -120,7 +120,7 @@ def _with_store(
     )
     node_ip, node_port = n.expose_host_port(int(store.endpoint.rsplit(":", 1)[1]))
     endpoint = f"{node_ip}:{node_port}"
-    install(core, NAMESPACE, endpoint, store)
+    install(core, NAMESPACE, endpoint, store, BUCKET)
     for secret in _platform_secrets(pipeline, "ingest-component", store, endpoint):
         core.create_namespaced_secret(NAMESPACE, secret)
 

@@ -88,6 +88,9 @@ class ObjectStore(Protocol):
     def remove(self, key: str) -> None: ...
 
 
+POOL_CONNECTIONS = 16  # >= the parallel workers of tsr.core.sources (S3_COPY_WORKERS) and tsr.local.upload
+
+
 class S3Store:
     """Objects in one bucket of an S3-compatible server."""
 
@@ -95,6 +98,9 @@ class S3Store:
         self.bucket = bucket
         self.config = config
         http = PoolManager(
+            # one kept connection per thread that may share this client (ingest's s3:// copy, `tsr data upload`):
+            # with urllib3's default of 1, each parallel request opened a new connection and threw it away
+            maxsize=POOL_CONNECTIONS,
             timeout=Timeout(connect=5, read=60),
             retries=Retry(total=retries, backoff_factor=0.3, status_forcelist=(500, 502, 503, 504)),
         )
