@@ -28,12 +28,14 @@ TAG ?= 0.1.0
 PLATFORMS ?= linux/amd64,linux/arm64
 PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
 # `make images-local`: the same Dockerfiles built on this machine without Docker or a registry (buildah, a Debian
-# stand-in base when Docker Hub is unreachable) plus a KServe storage-initializer; native platform only so far.
+# stand-in base when Docker Hub is unreachable) plus a KServe storage-initializer: the native platform unless
+# PLATFORMS is given on the command line (linux/arm64 is built under qemu-user emulation).
 LOCAL_PLATFORMS ?= linux/amd64
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test actionlint node-tools node-debs cluster-e2e cluster-up
+PHONY_IMAGES := images-build
+.PHONY: $(PHONY_IMAGES) help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test actionlint node-tools node-debs cluster-e2e cluster-up
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -46,6 +48,7 @@ help:
 	@echo "make manifests - regenerate manifests/ (InferenceService, kustomize base and overlays)"
 	@echo "make compile- regenerate pipelines/compiled/tsr_training.yaml (and manifests/retrain/, which ships it)"
 	@echo "make images - build + push tsr-components and tsr-predictor for PLATFORMS (docker buildx; REGISTRY, TAG)"
+	@echo "make images-build - the same images without archives (what make test builds for its runc smoke test)"
 	@echo "make images-local - build tsr-components, tsr-predictor and a storage-initializer here, daemonless (buildah; .state/images)"
 	@echo "make images-test - check the images make images-local built (pytest tests/images)"
 	@echo "make cluster-tools - kube-apiserver/controller-manager/scheduler/kubectl, the KServe controller, etcd (pytest -m cluster)"
@@ -120,7 +123,7 @@ tools: $(TOOLS)/minio $(TOOLS)/helm $(TOOLS)/kustomize $(TOOLS)/actionlint $(TOO
 demo: venv $(TOOLS)/minio prometheus
 	TSR_STATE_DIR=$(CURDIR)/.state $(VENV)/bin/tsr demo $(strip $(DEMO_ARGS))
 
-test: venv tools lint typecheck
+test: venv tools images-build lint typecheck
 	@command -v promtool >/dev/null || { echo "promtool not found: see 'make prometheus'"; exit 1; }
 	@command -v amtool >/dev/null || { echo "amtool not found: see 'make prometheus'"; exit 1; }
 	$(PY) -m pytest -q
@@ -190,10 +193,10 @@ images:
 # `make images-local` (docs/images.md): buildah with project-local storage (.state/containers), a Debian stand-in
 # base when python:3.11.14-slim-bookworm cannot be pulled, PyPI's torch when the CPU index is unreachable (all
 # said in the log); docker-archive tars + sizes.json in .state/images. Needs root. Debian's packages, like prometheus.
-IMAGE_PACKAGES := debootstrap buildah runc skopeo curl
+IMAGE_PACKAGES := debootstrap buildah runc skopeo curl qemu-user-static
 images-tools:
 	@if command -v debootstrap >/dev/null && command -v buildah >/dev/null && command -v runc >/dev/null && \
-	  command -v skopeo >/dev/null && command -v curl >/dev/null; then :; \
+	  command -v skopeo >/dev/null && command -v curl >/dev/null && command -v qemu-aarch64-static >/dev/null; then :; \
 	elif command -v apt-get >/dev/null; then \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
 	  echo "installing Debian's $(IMAGE_PACKAGES) packages (make images-local)"; \
@@ -204,8 +207,16 @@ images-tools:
 	  echo "make images-local needs $(IMAGE_PACKAGES) (no apt-get here)"; exit 1; \
 	fi
 
+# `make images-local PLATFORMS=linux/arm64` (or linux/amd64,linux/arm64): a PLATFORMS given on the command line wins
+# over LOCAL_PLATFORMS; a foreign one is built under qemu-user (.ci/images/foreign-arch.sh), into .state/images/<arch>/.
 images-local: images-tools
-	TAG=$(TAG) PLATFORMS=$(LOCAL_PLATFORMS) PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
+	TAG=$(TAG) PLATFORMS=$(if $(filter command line,$(origin PLATFORMS)),$(PLATFORMS),$(LOCAL_PLATFORMS)) \
+	  PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
+
+# What `make test` builds (the pods tier does not fit CI's time): the same images without archives or sizes, for
+# tests/serving/test_image_runc.py, which runs the predictor image once under runc. Needs root, like images-local.
+images-build: images-tools
+	TSR_IMAGES_ARCHIVES=0 TAG=$(TAG) PLATFORMS=$(LOCAL_PLATFORMS) PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
 
 # The image tier (tests/images): plain `make test` deselects it; it fails, naming images-local, without the images.
 images-test: venv $(TOOLS)/minio

@@ -9,6 +9,9 @@
 # Output: localhost/tsr-components:$TAG, localhost/tsr-predictor:$TAG, localhost/tsr-storage-initializer:$TAG in
 # the buildah storage; .state/images/<name>-<tag>-<arch>.tar (docker-archive: `ctr -n k8s.io images import`);
 # .state/images/sizes.json and images.json (what tests/images reads).
+# A foreign platform (PLATFORMS=linux/arm64 on amd64) is built by this same script run again inside
+# .ci/images/foreign-arch.sh (qemu-user in a user namespace of its own): its own storage (.state/containers-<arch>),
+# tags <name>:$TAG-<arch> and output folder .state/images/<arch>/ (archives, sizes.json, images.json).
 # Idempotent: the stand-in base is rebuilt only when its inputs change, buildah's --layers cache keeps every
 # unchanged step, and an archive is rewritten only when its image changed.
 set -euo pipefail
@@ -31,30 +34,54 @@ now() { date +%s; }
 START=$(now)
 
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, buildah storage under .state/containers): run it as root"
+
+# ---- foreign platforms: each one by this script again, under emulation, before the native one ----------------
+NATIVE=linux/$(dpkg --print-architecture)
+if [ -z "${TSR_FOREIGN_ARCH:-}" ]; then
+  native=
+  for platform in ${PLATFORMS//,/ }; do
+    if [ "$platform" = "$NATIVE" ]; then
+      native=$platform
+    else
+      log "$platform: built under emulation (qemu-user-static in a user namespace of its own: .ci/images/foreign-arch.sh)"
+      PLATFORMS=$platform "$ROOT/.ci/images/foreign-arch.sh" "${platform#*/}" "$ROOT/.ci/images/build.sh" ||
+        die "$platform failed"
+    fi
+  done
+  [ -n "$native" ] || exit 0
+  PLATFORMS=$native
+  STORAGE=$STATE/containers
+  REF_TAG=$TAG
+else
+  [ "$PLATFORMS" = "linux/$TSR_FOREIGN_ARCH" ] || die "inside foreign-arch.sh $TSR_FOREIGN_ARCH, PLATFORMS=$PLATFORMS"
+  STORAGE=$STATE/containers-$TSR_FOREIGN_ARCH  # a storage made inside the user namespace (overlay's xattrs differ)
+  OUT=$OUT/$TSR_FOREIGN_ARCH
+  REF_TAG=$TAG-$TSR_FOREIGN_ARCH
+fi
 for tool in buildah debootstrap skopeo curl; do
   command -v $tool >/dev/null || die "$tool not found (make images-local installs it with apt-get)"
 done
-mkdir -p "$OUT" "$STATE/containers"
+mkdir -p "$OUT" "$STORAGE"
 # A cold build needs room for the base, the builder stage's venv, both images and one archive at a time (measured:
 # 18 GB of storage + 12 GB of archives after a full build); a rebuild over a warm cache needs less.
-if ls "$OUT"/*.tar >/dev/null 2>&1; then need=10; else need=20; fi
+if [ "${TSR_IMAGES_ARCHIVES:-1}" = 0 ]; then need=14; elif ls "$OUT"/*.tar >/dev/null 2>&1; then need=10; else need=20; fi
 "$ROOT/.ci/disk-free.sh" "$STATE" "$need" "make images-local"
 
 # ---- storage: project-local; overlay when the kernel lets root use it, else vfs (full copy per layer) --------
 # The driver is chosen once and remembered: a storage directory cannot change driver.
-DRIVER_FILE=$STATE/containers/driver
+DRIVER_FILE=$STORAGE/driver
 if [ ! -s "$DRIVER_FILE" ]; then
-  if buildah --root "$STATE/containers/storage" --runroot "$STATE/containers/run" --storage-driver overlay \
+  if buildah --root "$STORAGE/storage" --runroot "$STORAGE/run" --storage-driver overlay \
        info >/dev/null 2>&1; then
     echo overlay >"$DRIVER_FILE"
   else
-    rm -rf "$STATE/containers/storage" "$STATE/containers/run"
+    rm -rf "$STORAGE/storage" "$STORAGE/run"
     echo vfs >"$DRIVER_FILE"
   fi
 fi
 DRIVER=$(cat "$DRIVER_FILE")
-B=(buildah --root "$STATE/containers/storage" --runroot "$STATE/containers/run" --storage-driver "$DRIVER")
-log "buildah $(buildah --version | awk '{print $3}'), storage $STATE/containers ($DRIVER driver)"
+B=(buildah --root "$STORAGE/storage" --runroot "$STORAGE/run" --storage-driver "$DRIVER")
+log "buildah $(buildah --version | awk '{print $3}'), storage $STORAGE ($DRIVER driver)"
 
 image_exists() { "${B[@]}" inspect --type image "$1" >/dev/null 2>&1; }
 image_id() { "${B[@]}" inspect --type image --format '{{.FromImageID}}' "$1"; }
@@ -84,8 +111,7 @@ resolve_base() {
     log "  building a local Debian stand-in $BASE (debootstrap --variant=minbase bookworm + Debian's python3)"
     local t0 rootfs=$OUT/standin-rootfs-$arch ctr mnt
     t0=$(now)
-    [ "$arch" = "$(dpkg --print-architecture)" ] || die "$platform: a foreign-arch stand-in is issue 15"
-    .ci/images/standin-base.sh "$rootfs" >"$OUT/standin-$arch.log" 2>&1 ||
+    .ci/images/standin-base.sh "$rootfs" "$arch" >"$OUT/standin-$arch.log" 2>&1 ||
       { tail -20 "$OUT/standin-$arch.log" >&2; die "stand-in base failed (log: $OUT/standin-$arch.log)"; }
     local pyver
     pyver=$(chroot "$rootfs" /usr/bin/python3 -c 'import platform; print(platform.python_version())')
@@ -151,7 +177,7 @@ prune() {
 build() {
   local name=$1 dockerfile=$2 context=$3 platform=$4 revision=$5 t0 stage
   shift 5
-  local ref=localhost/$name:$TAG log=$OUT/$name-build.log
+  local ref=localhost/$name:$REF_TAG log=$OUT/$name-build.log
   t0=$(now)
   log "building $ref ($platform) from $dockerfile"
   local bud=("${B[@]}" bud --layers --isolation chroot --format docker --platform "$platform"
@@ -179,7 +205,7 @@ build() {
 # since the last run. (No OCI layout beside it: gzip'd copies of 6 GB images do not fit the disk here; sizes.py
 # measures the compressed size by gzip-streaming the archive's layers instead.)
 archive() {
-  local name=$1 arch=$2 ref=localhost/$1:$TAG id tar=$OUT/$1-$TAG-$2.tar
+  local name=$1 arch=$2 ref=localhost/$1:$REF_TAG id tar=$OUT/$1-$TAG-$2.tar
   id=$(image_id "$ref")
   if [ -f "$tar" ] && [ "$(cat "$tar.id" 2>/dev/null)" = "$id" ]; then
     log "  $tar is current"
@@ -196,8 +222,6 @@ declare -A BUILD_SECONDS=()
 IMAGES=()
 for platform in ${PLATFORMS//,/ }; do
   arch=${platform#*/}
-  [ "$platform" = "linux/$(dpkg --print-architecture)" ] ||
-    die "PLATFORMS=$platform: only the native linux/$(dpkg --print-architecture) is built here so far (arm64: issue 15)"
   resolve_base "$platform"
   # The wheel and builder stages of the two Dockerfiles are the same instructions on the same base, so
   # --layers builds them once: the predictor reuses the components build's venv.
@@ -206,13 +230,25 @@ for platform in ${PLATFORMS//,/ }; do
   build tsr-storage-initializer .ci/images/storage-initializer/Dockerfile .ci/images/storage-initializer "$platform" \
     "$INITIALIZER_REVISION" \
     --build-arg KSERVE_STORAGE_VERSION="$KSERVE_STORAGE_VERSION"
+  # built.json: where the images are (what `make test`'s runc smoke test reads; written with or without archives)
+  python3 -c 'import json, sys; s, d, t, *n = sys.argv[1:]; print(json.dumps({"buildah": {"root": s + "/storage",
+    "runroot": s + "/run", "driver": d}, "images": {x: f"localhost/{x}:{t}" for x in n}}, indent=2))' \
+    "$STORAGE" "$DRIVER" "$REF_TAG" tsr-components tsr-predictor tsr-storage-initializer >"$OUT/built.json"
+  if [ "${TSR_IMAGES_ARCHIVES:-1}" = 0 ]; then
+    log "no archives or sizes (TSR_IMAGES_ARCHIVES=0: make test's build); make images-local writes them"
+    continue
+  fi
   for name in tsr-components tsr-predictor tsr-storage-initializer; do
     archive "$name" "$arch"
-    IMAGES+=("$name|$arch|localhost/$name:$TAG|$OUT/$name-$TAG-$arch.tar|${BUILD_SECONDS[$name]}")
+    IMAGES+=("$name|$arch|localhost/$name:$REF_TAG|$OUT/$name-$TAG-$arch.tar|${BUILD_SECONDS[$name]}")
   done
 done
 
 # images.json (what tests/images reads) and sizes.json; sizes are computed again only for changed archives.
-python3 .ci/images/sizes.py --out "$OUT" --driver "$DRIVER" --storage "$STATE/containers" \
+if [ ${#IMAGES[@]} = 0 ]; then
+  log "done in $(($(now) - START)) s"
+  exit 0
+fi
+python3 .ci/images/sizes.py --out "$OUT" --driver "$DRIVER" --storage "$STORAGE" \
   --base-ref "$BASE" --base "$BASE_NOTE" --torch "$TORCH_NOTE" --revision "$TSR_REVISION" "${IMAGES[@]}"
 log "done in $(($(now) - START)) s; check the images with: make images-test"

@@ -2,7 +2,11 @@
 # A local stand-in for python:3.11.14-slim-bookworm, built from Debian packages only, for machines that
 # cannot reach Docker Hub (.ci/images/build.sh calls this when the registry is unreachable).
 #
-#   standin-base.sh <rootfs-dir>      # writes a root filesystem; the caller imports it into buildah
+#   standin-base.sh <rootfs-dir> [arch]   # writes a root filesystem; the caller imports it into buildah
+#
+# A foreign arch (arm64 on an amd64 machine) needs its binaries to run: build.sh calls this inside
+# .ci/images/foreign-arch.sh (qemu-user through a binfmt_misc of its own user namespace). There debootstrap runs
+# with container=lxc, so that it neither creates device nodes nor insists on mounting /proc and /sys.
 #
 # Same Debian release (bookworm) and Python minor (Debian's python3 is 3.11.x) as the official image;
 # like it, `python` and `pip` are on PATH and the system Python carries no EXTERNALLY-MANAGED marker,
@@ -10,14 +14,19 @@
 # are not installed. Everything here is an input of the image's cache key (build.sh hashes this file).
 set -euo pipefail
 
-rootfs=${1:?usage: standin-base.sh <rootfs-dir>}
+rootfs=${1:?usage: standin-base.sh <rootfs-dir> [arch]}
+ARCH=${2:-$(dpkg --print-architecture)}
 SUITE=bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=python3,python3-venv,python3-pip,ca-certificates
 
 rm -rf "$rootfs"
 mkdir -p "$rootfs"
-debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" "$MIRROR"
+if [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
+  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" "$MIRROR"
+else
+  container=lxc debootstrap --arch="$ARCH" --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" "$MIRROR"
+fi
 
 # Security and point-release updates, as the official image's debian:bookworm-slim base has them.
 cat > "$rootfs/etc/apt/sources.list" <<SOURCES

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# foreign-arch.sh ARCH CMD...: run CMD as root of a new user + mount namespace (uids/gids 0-65535 mapped to
+# themselves, so files keep their owners) in which the kernel runs ARCH's ELF binaries through Debian's
+# qemu-user-static. The registration lives in a binfmt_misc mounted inside that user namespace (kernel >= 6.7),
+# with flag F (the interpreter is opened at registration, so it works inside chroots and build containers too):
+# the host's binfmt_misc is neither mounted nor changed. Used by build.sh for PLATFORMS=linux/arm64 and by
+# `make arm64-smoke`. Needs root (to write the id maps).
+set -euo pipefail
+arch=${1:?usage: foreign-arch.sh ARCH CMD...}
+shift
+case $arch in
+  arm64)
+    qemu=/usr/bin/qemu-aarch64-static
+    magic='\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
+    mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
+    ;;
+  *) echo "error: foreign-arch.sh: no emulation set up for $arch (only arm64)" >&2; exit 1 ;;
+esac
+[ -x "$qemu" ] || { echo "error: $qemu not found (Debian's qemu-user-static: make images-tools installs it)" >&2; exit 1; }
+
+if [ "${TSR_FOREIGN_ARCH:-}" = "$arch" ]; then
+  # inside: register the interpreter, then run the command
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  printf '%s' ":tsr-$arch:M::$magic:$mask:$qemu:F" >/proc/sys/fs/binfmt_misc/register  # the kernel decodes \x..
+  exec "$@"
+fi
+[ "$(id -u)" = 0 ] || { echo "error: foreign-arch.sh needs root (it maps uids 0-65535 into a user namespace)" >&2; exit 1; }
+# outside: start ourselves in new namespaces, waiting there until the id maps are written from here
+TSR_FOREIGN_ARCH=$arch unshare --user --mount bash -c \
+  'until grep -q " 65536$" /proc/self/uid_map; do sleep 0.05; done; exec "$0" "$@"' "$0" "$arch" "$@" &
+pid=$!
+until [ "$(readlink /proc/$pid/ns/user 2>/dev/null)" != "$(readlink /proc/self/ns/user)" ]; do
+  kill -0 $pid 2>/dev/null || break
+  sleep 0.02
+done
+echo "0 0 65536" >/proc/$pid/uid_map
+echo "0 0 65536" >/proc/$pid/gid_map
+wait $pid
