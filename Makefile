@@ -34,8 +34,7 @@ LOCAL_PLATFORMS ?= linux/amd64
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-PHONY_IMAGES := images-build
-.PHONY: $(PHONY_IMAGES) help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test actionlint node-tools node-debs cluster-e2e cluster-up
+.PHONY: images-build help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test actionlint node-tools node-debs cluster-e2e cluster-up
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
