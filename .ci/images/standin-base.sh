@@ -26,6 +26,12 @@ if [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
   debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" "$MIRROR"
 else
   container=lxc debootstrap --arch="$ARCH" --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" "$MIRROR"
+  # no device nodes in a user namespace: the host's, bound in for the apt run below (apt-key writes /dev/null)
+  for dev in null zero random urandom; do
+    touch "$rootfs/dev/$dev"
+    mount --bind "/dev/$dev" "$rootfs/dev/$dev"
+  done
+  trap 'for dev in null zero random urandom; do umount "$rootfs/dev/$dev" 2>/dev/null || true; done' EXIT
 fi
 
 # Security and point-release updates, as the official image's debian:bookworm-slim base has them.
@@ -36,6 +42,9 @@ deb ${MIRROR%/debian}/debian-security $SUITE-security main
 SOURCES
 chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
   sh -c 'apt-get update -qq && apt-get -y -qq -o Dpkg::Options::=--force-confold upgrade && apt-get clean'
+for dev in null zero random urandom; do
+  if mountpoint -q "$rootfs/dev/$dev"; then umount "$rootfs/dev/$dev"; fi
+done
 
 # What the official image offers on PATH: python and pip (it has them in /usr/local/bin).
 ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python"
