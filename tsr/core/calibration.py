@@ -112,7 +112,11 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     total = sum(b.count for b in table)
     if total == 0:
         return 0.0
-    return sum(b.count / total * abs(float(b.confidence) - float(b.accuracy)) for b in table if b.count)
+    ece = 0.0
+    for b in table:
+        if b.confidence is not None and b.accuracy is not None:
+            ece += b.count / total * abs(b.confidence - b.accuracy)
+    return ece
 
 
 def calibration_summary(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict[str, Any]:
