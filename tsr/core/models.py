@@ -2,7 +2,8 @@
 
 A model directory holds:
   model.safetensors  the state_dict (safetensors: loading it can never run code)
-  config.json        ModelConfig: architecture, classes, preprocessing, training parameters
+  config.json        ModelConfig: architecture, classes, preprocessing, training parameters and the
+                     calibration temperature (`probabilities` applies it to every served probability)
   program.pt2        a `torch.export` program with a dynamic batch dimension, for runtimes
                      that do not want our Python classes (optional when loading)
 
