@@ -233,8 +233,8 @@ def calibrate(model: nn.Module, config: ModelConfig, val_split: Split, batch_siz
     records temperature, ECE and NLL before/after in `config.train_params["calibration"]`.
 
     The validation split is the data the model never trained on, so a temperature fitted there corrects
-    the overconfidence training leaves (label smoothing and augmentation change it, so it is refitted
-    for every model). Without a validation split the model keeps T = 1. The logits come through
+    the over- or underconfidence training leaves (label smoothing and augmentation move it either way, so
+    it is refitted for every model). Without a validation split the model keeps T = 1. The logits come through
     `to_model_input`, the path serving uses, so the temperature fits the served model.
     """
     if len(val_split) == 0:

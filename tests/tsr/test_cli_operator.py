@@ -302,11 +302,12 @@ def test_evaluate_keeps_its_json_line_and_offers_a_table(tmp_path: Path, env: di
     default = invoke(env, *base)
     assert default.exit_code == 0, default.output
     line = one_json_document(default.stdout)
-    assert set(line) == {"accuracy", "macro_f1", "n", "model", "data", "split"}
+    assert set(line) == {"accuracy", "macro_f1", "n", "ece", "model", "data", "split"}
     assert one_json_document(invoke(env, *base, "--json").stdout) == line
     table = invoke(env, *base, "--table", "--per-class")
     text = flat(table.stdout)
     assert table.exit_code == 0 and f"images {line['n']:,}" in text and "per-class accuracy" in text
+    assert f"ECE {line['ece']:.4f} (temperature 1)" in text
     both = invoke(env, *base, "--table", "--json")
     assert both.exit_code == 2 and "'--table'" in both.stderr and both.stdout == ""
 
