@@ -15,10 +15,12 @@ KUSTOMIZE_VERSION ?= v5.8.1
 CRDS := $(CURDIR)/.tools/crds
 KSERVE_CRD_VERSION ?= v0.20.0
 PROM_OPERATOR_VERSION ?= v0.93.1
-# `make demo` options, e.g. `make demo DEMO_EPOCHS=4 DEMO_TRACKS=10 DEMO_BATCH=128 DEMO_MIN_ACCURACY=0.5`: each one
+# `make demo` options, e.g. `make demo DEMO_EPOCHS=4 DEMO_TRACKS=10 DEMO_BATCH=128 DEMO_MIN_ACCURACY=0.5
+# DEMO_MIN_CLASS_ACCURACY=0`: each one
 # set is passed to `tsr demo`; unset, the demo's own defaults apply (TrainConfig, GateConfig: one place each).
 DEMO_ARGS = $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS)) $(if $(DEMO_TRACKS),--max-groups-per-class $(DEMO_TRACKS)) \
   $(if $(DEMO_BATCH),--batch-size $(DEMO_BATCH)) $(if $(DEMO_MIN_ACCURACY),--min-accuracy $(DEMO_MIN_ACCURACY)) \
+  $(if $(DEMO_MIN_CLASS_ACCURACY),--min-class-accuracy $(DEMO_MIN_CLASS_ACCURACY)) \
   $(if $(DEMO_DATA),--data-dir $(DEMO_DATA))
 COMPONENT_IMAGE ?= ghcr.io/tsr-platform/tsr-components:0.1.0
 # `make images`: multi-arch component + predictor images (docs/images.md). PYTHON_IMAGE is an exact

@@ -2,8 +2,8 @@
 
 `python -m benchmarks.plain_server --model DIR --port P [--threads N]`. Same model directory
 (`tsr.core.models.load_model_dir`), same decoding (`tsr.core.preprocessing.decode_image` / `image_to_uint8`) and
-the same `to_model_input` path, the same V1 request and response shape as the KServe predictor
-(`{"instances": [{"b64": ...}]}` -> `{"predictions": [{class_id, class_name, probability, top_k}]}`),
+the same `to_model_input` path and calibrated `probabilities`, the same V1 request and response shape as the
+KServe predictor (`{"instances": [{"b64": ...}]}` -> `{"predictions": [{class_id, class_name, probability, top_k}]}`),
 and nothing else: no batching, limits, metrics, drift or reload. What the predictor costs over this is
 the price of those features.
 """
@@ -19,7 +19,7 @@ import torch
 import uvicorn
 from fastapi import Body, FastAPI, HTTPException
 
-from tsr.core.models import load_model_dir
+from tsr.core.models import load_model_dir, probabilities
 from tsr.core.preprocessing import ImageDecodeError, decode_image, image_to_uint8, to_model_input
 
 TOP_K = 3
@@ -58,7 +58,7 @@ def create_app(model_dir: Path, model_name: str = "gtsrb-classifier") -> FastAPI
         except (KeyError, TypeError, ValueError, ImageDecodeError) as exc:
             raise HTTPException(400, str(exc)) from exc
         with torch.inference_mode():
-            probs = torch.softmax(model(to_model_input(images, config.preprocess)).float(), dim=1)
+            probs = probabilities(model(to_model_input(images, config.preprocess)), config)
         return {"predictions": describe(probs, config.class_names)}
 
     return app

@@ -486,6 +486,7 @@ def pipeline_row(cfg: SuiteConfig, tmp: Path) -> Row:
         "batch_size": 64,
         "lr": 0.1,
         "min_accuracy": 0.0,
+        "min_class_accuracy": 0.0,
         "model_name": "bench-pipeline",
         "deploy_mode": "manifest",
     }

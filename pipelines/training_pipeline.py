@@ -232,6 +232,7 @@ def build_pipeline(
         threads: int = TrainConfig.threads,
         min_accuracy: float = GateConfig.min_accuracy,
         champion_tolerance: float = GateConfig.champion_tolerance,
+        min_class_accuracy: float = GateConfig.min_class_accuracy,
         test_data: str = "",
         deploy_mode: str = _DEPLOY_STEP["mode"],
         namespace: str = DEFAULT_NAMESPACE,
@@ -284,6 +285,7 @@ def build_pipeline(
                 model_name=model_name,
                 min_accuracy=min_accuracy,
                 champion_tolerance=champion_tolerance,
+                min_class_accuracy=min_class_accuracy,
                 test_data=test_data,
             )
         ).set_display_name("evaluate & gate")
@@ -340,6 +342,7 @@ def build_pipeline(
                         model_name=model_name,
                         min_accuracy=min_accuracy,
                         champion_tolerance=champion_tolerance,
+                        min_class_accuracy=min_class_accuracy,
                         test_data=test_data,
                     )
                 ).set_display_name("evaluate variant")

@@ -39,7 +39,7 @@ from serving.guard import note_rejection
 from serving.monitoring.metrics import CHANNELS, PredictorMetrics, default_metrics
 from tsr.core.config import StoreConfig
 from tsr.core.drift import DriftMonitor, InputReference
-from tsr.core.models import ModelConfig, load_model_dir
+from tsr.core.models import ModelConfig, load_model_dir, probabilities
 from tsr.core.preprocessing import resize_uint8, to_model_input
 from tsr.core.registry import Registry, downloaded_version, materialize, parse_model_spec
 from tsr.core.store import StoreError
@@ -395,10 +395,11 @@ class TSRPredictor(Model):
 
     @staticmethod
     def _run_model(loaded: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, S, S) -> softmax probabilities, via the one shared preprocessing path."""
+        """uint8 (N, 3, S, S) -> calibrated probabilities (softmax(logits / T), the model config's
+        temperature), via the one shared preprocessing path and the one probability function."""
         with torch.inference_mode():
             logits = loaded.model(to_model_input(images, loaded.config.preprocess))
-            return torch.softmax(logits.float(), dim=1)
+            return probabilities(logits, loaded.config)
 
     def _observe_batch(self, images: int, waits: list[float]) -> None:
         self.metrics.batch_size.labels(self.name).observe(images)

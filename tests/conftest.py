@@ -124,10 +124,11 @@ def wait_until_ok(
         time.sleep(interval_s)
 
 
-def make_model_dir(path: Path, seed: int = 0, export_program: bool = False) -> Path:
+def make_model_dir(path: Path, seed: int = 0, export_program: bool = False, temperature: float = 1.0) -> Path:
     """An untrained (random) tsrnet model directory: enough for format and protocol tests.
 
     Its drift reference is that of uniform random images, so real photos read as drifted.
+    `temperature` is the calibration the config carries (1.0: none).
     """
     torch.manual_seed(seed)
     model = build_model("tsrnet", len(CLASS_NAMES), width=8)
@@ -138,6 +139,7 @@ def make_model_dir(path: Path, seed: int = 0, export_program: bool = False) -> P
         preprocess=PreprocessConfig(),
         width=8,
         input_reference=reference.to_dict(),
+        temperature=temperature,
     )
     save_model_dir(model, config, path, export_program=export_program)
     return path

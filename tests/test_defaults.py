@@ -87,6 +87,7 @@ def expected_component_defaults() -> dict[str, tuple[Callable[..., Any], dict[st
                 "model_name": DEFAULT_MODEL_NAME,
                 "min_accuracy": GateConfig.min_accuracy,
                 "champion_tolerance": GateConfig.champion_tolerance,
+                "min_class_accuracy": GateConfig.min_class_accuracy,
                 "test_data": "",  # no test split
             },
         ),

@@ -19,13 +19,16 @@ def evaluate_component(
     min_accuracy: float = 0.95,
     champion_tolerance: float = 0.005,
     test_data: str = "",
+    min_class_accuracy: float = 0.9,
 ) -> str:
     """Evaluate on the validation split (and a GTSRB test dir if given); returns the gate, "pass" or "fail".
 
     The gate is the single return value (KFP's "Output") on purpose: kfp.local's condition
     evaluator resolves only that name for a task output inside `dsl.If`. `report` is the run report
     (training curves from the model's history.json, confusion heatmap, per-class accuracy with
-    misclassified samples, data card, champion comparison, latency histogram); `summary` its key numbers.
+    misclassified samples, reliability diagram and ECE of the served probabilities, data card, champion
+    comparison, latency histogram); `summary` its key numbers. `min_class_accuracy` is the floor for the
+    worst class (GateConfig).
     """
     import json
     from pathlib import Path
@@ -37,7 +40,9 @@ def evaluate_component(
     result = run_evaluation(
         model.path,
         dataset.path,
-        GateConfig(min_accuracy, champion_tolerance),
+        GateConfig(
+            min_accuracy=min_accuracy, champion_tolerance=champion_tolerance, min_class_accuracy=min_class_accuracy
+        ),
         model_name,
         test_data,
         store=explicit_store_config(),
@@ -47,6 +52,13 @@ def evaluate_component(
         if split in result:
             for key in ("accuracy", "macro_f1", "n"):
                 metrics.log_metric(f"{split}_{key}", result[split][key])
+    if val.get("ece") is not None:
+        metrics.log_metric("validation_ece", round(val["ece"], 6))
+    worst = result.get("worst_class")
+    if worst is not None:
+        metrics.log_metric("worst_class_id", worst["class_id"])
+        metrics.log_metric("worst_class_accuracy", round(worst["accuracy"], 6))
+    metrics.log_metric("temperature", result["temperature"])
     metrics.log_metric("gate_passed", result["gate"]["result"] == "pass")
     delta = champion_delta(result)
     if delta is not None:

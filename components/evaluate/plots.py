@@ -240,3 +240,45 @@ def champion_comparison(
         right.axis("off")
     fig.tight_layout()
     return to_png(fig)
+
+
+def reliability_diagram(bins: list[dict[str, Any]], ece: float | None, temperature: float | None = None) -> bytes:
+    """Accuracy against mean confidence per bin of top-1 probability (the evaluation's `reliability`),
+    with the diagonal of perfect calibration, the gap shaded, and how many predictions each bin holds."""
+    fig = Figure(figsize=(9, 4))
+    ax, counts_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
+    filled = [b for b in bins if b.get("count")]
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    width = (bins[0]["high"] - bins[0]["low"]) if bins else 0.1
+    ax.plot([0, 1], [0, 1], color=CHAMPION_COLOUR, linestyle="--", label="perfectly calibrated")
+    ax.bar(
+        [(b["low"] + b["high"]) / 2 for b in filled],
+        [b["accuracy"] for b in filled],
+        width=width * 0.9,
+        color=CHALLENGER_COLOUR,
+        alpha=0.85,
+        label="accuracy",
+    )
+    ax.bar(
+        [(b["low"] + b["high"]) / 2 for b in filled],
+        [b["confidence"] - b["accuracy"] for b in filled],
+        bottom=[b["accuracy"] for b in filled],
+        width=width * 0.9,
+        color=FAIL_COLOUR,
+        alpha=0.35,
+        label="gap to confidence",
+    )
+    calibration = f"ECE {ece:.4f}" if ece is not None else "ECE –"
+    if temperature is not None:
+        calibration += f", temperature {temperature:g}"
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy")
+    ax.set_title(f"reliability diagram ({calibration})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    counts_ax.bar(centres, [b.get("count", 0) for b in bins], width=width * 0.9, color=CHALLENGER_COLOUR)
+    counts_ax.set_yscale("symlog")
+    counts_ax.set(xlim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="predictions")
+    counts_ax.set_title("predictions per confidence bin", fontsize=10)
+    counts_ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return to_png(fig)

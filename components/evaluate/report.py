@@ -21,6 +21,7 @@ SECTIONS = (
     ("training", "Training curves"),
     ("confusion", "Confusion matrix"),
     ("per-class", "Per-class accuracy and misclassified samples"),
+    ("calibration", "Calibration (reliability diagram)"),
     ("data", "Data card"),
     ("champion", "Champion vs this model"),
     ("latency", "Inference latency"),
@@ -100,7 +101,16 @@ def _split_rows(evaluation: dict[str, Any]) -> list[tuple[str, str]]:
                 (f"{split} macro-F1", f"{metrics['macro_f1']:.4f}"),
                 (f"{split} images (n)", f"{metrics['n']:,}"),
             ]
+            if metrics.get("ece") is not None:
+                rows.append((f"{split} ECE (served probabilities)", f"{metrics['ece']:.4f}"))
+    worst = evaluation.get("worst_class")
+    if worst:
+        rows.append(("worst class", _esc(_worst_text(worst))))
     return rows
+
+
+def _worst_text(worst: dict[str, Any]) -> str:
+    return f"{worst['class_id']} {worst['class_name']}: {_pct(worst['accuracy'])}"
 
 
 def _summary_section(evaluation: dict[str, Any]) -> str:
@@ -116,7 +126,8 @@ def _summary_section(evaluation: dict[str, Any]) -> str:
     rows.append(
         (
             "gate thresholds",
-            f"min accuracy {gate.get('min_accuracy')}, champion tolerance {gate.get('champion_tolerance')}",
+            f"min accuracy {gate.get('min_accuracy')}, min class accuracy {gate.get('min_class_accuracy', '–')}, "
+            f"champion tolerance {gate.get('champion_tolerance')}",
         )
     )
     model = _extras(evaluation).get("model") or {}
@@ -209,6 +220,33 @@ def _per_class_section(evaluation: dict[str, Any]) -> str:
         f"<th>accuracy</th><th>images</th></tr>{rows}</table></details>"
     )
     return figure + samples_html + table
+
+
+def _calibration_section(evaluation: dict[str, Any]) -> str:
+    from components.evaluate import plots
+
+    val = evaluation["validation"]
+    bins = val.get("reliability")
+    if not bins:
+        return '<p class="muted">No calibration data with this evaluation (it predates calibration).</p>'
+    temperature = evaluation.get("temperature")
+    explain = (
+        "<p>How far the probabilities the model serves can be taken at their word: each bar is the accuracy "
+        "of the validation images whose top-1 probability fell in that bin; a calibrated model's bars touch "
+        "the diagonal. ECE is the gap averaged over the bins, weighted by how many predictions each holds. "
+        "The served probability is softmax(logits / T), with T fitted on the validation split at the end of "
+        "training (T = 1: not calibrated), so the confidence alert and clients read honest numbers; because "
+        "T is fitted on this same split, the ECE here is optimistic, and the test split's is the unbiased one.</p>"
+    )
+    rows = [
+        ("temperature (T)", _esc(f"{temperature:g}" if temperature is not None else "–")),
+        ("validation ECE", f"{val['ece']:.4f}" if val.get("ece") is not None else "–"),
+    ]
+    test = evaluation.get("test") or {}
+    if test.get("ece") is not None:
+        rows.append(("test ECE", f"{test['ece']:.4f}"))
+    figure = _figure("reliability diagram", lambda: plots.reliability_diagram(bins, val.get("ece"), temperature))
+    return explain + figure + _table(rows)
 
 
 def _data_section(evaluation: dict[str, Any]) -> str:
@@ -312,6 +350,7 @@ _RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "training": _training_section,
     "confusion": _confusion_section,
     "per-class": _per_class_section,
+    "calibration": _calibration_section,
     "data": _data_section,
     "champion": _champion_section,
     "latency": _latency_section,

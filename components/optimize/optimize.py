@@ -196,6 +196,8 @@ def optimize(model_dir: Path, calibration: torch.Tensor, out_dir: Path, variant:
         engine = select_engine()
         model = quantize_int8(model, config.preprocess, calibration, engine)
     program = export_frozen(model, size)
+    # `replace` keeps every other field, the calibration temperature included: a variant's logits are
+    # (close to) the fp32 model's, so it serves the same calibrated probabilities.
     archive = save_variant_dir(program, replace(config, variant=variant, quant_engine=engine), out_dir)
     return OptimizeResult(
         variant=variant,

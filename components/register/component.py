@@ -29,7 +29,7 @@ def register_component(
         )
     result = json.loads(Path(evaluation.path).read_text())
     metrics = {
-        split: {k: result[split][k] for k in ("accuracy", "macro_f1", "n")}
+        split: {k: result[split][k] for k in ("accuracy", "macro_f1", "n", "ece") if k in result[split]}
         for split in ("validation", "test")
         if split in result
     }

@@ -34,6 +34,8 @@ def build_model_card(
         "class_names": model_config.get("class_names"),
         "preprocess": model_config.get("preprocess"),
         "params": model_config.get("train_params", {}),
+        # The calibration temperature the served probabilities use (1.0: not calibrated).
+        "temperature": model_config.get("temperature", 1.0),
         "data": {
             "source": data_card.get("source"),
             "fingerprint": data_card.get("fingerprint"),

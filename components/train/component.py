@@ -51,6 +51,14 @@ def train_component(
     metrics.log_metric("train_seconds", round(result.train_seconds, 1))
     metrics.log_metric("images_per_second", round(result.images_per_second, 1))
     metrics.log_metric("final_val_accuracy", round(result.history[-1].val_accuracy, 5))
+    if result.calibration:  # temperature scaling on the validation split (train.calibrate)
+        for key in ("temperature", "ece_before", "ece_after"):
+            metrics.log_metric(f"calibration_{key}", result.calibration[key])
+        print(
+            f"calibration: temperature {result.calibration['temperature']:.4f}, "
+            f"ECE {result.calibration['ece_before']:.4f} -> {result.calibration['ece_after']:.4f}",
+            flush=True,
+        )
     # As in ingest: a file for the Metrics artifact, so kfp.local's cache can reuse this step.
     Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=2, sort_keys=True))
     model.metadata.update({"arch": arch, "epochs": epochs, "framework": "pytorch"})

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.train.config import TrainConfig
+from tsr.core.calibration import calibration_summary
 from tsr.core.dataset import Split
 from tsr.core.drift import build_reference
 from tsr.core.models import ModelConfig, build_model, save_model_dir
-from tsr.core.preprocessing import PreprocessConfig, channel_stats, prepare, standardize
+from tsr.core.preprocessing import PreprocessConfig, channel_stats, prepare, standardize, to_model_input
 
 
 @dataclass
@@ -45,6 +46,11 @@ class TrainResult:
     history: list[EpochLog] = field(default_factory=list)
     train_seconds: float = 0.0
     images_per_second: float = 0.0
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """What `calibrate` recorded: temperature, ECE and NLL before/after (None without a validation split)."""
+        return self.config.train_params.get("calibration")
 
 
 def set_threads(threads: int) -> int:
@@ -217,7 +223,32 @@ def train(
         # The data card's reference when there is one; else the same statistic of this split.
         input_reference=input_reference or build_reference(train_split.images).to_dict(),
     )
+    calibrate(model, config, val_split)
     return TrainResult(model, config, history, elapsed, seen / elapsed if elapsed else 0.0)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, config: ModelConfig, val_split: Split, batch_size: int = 1024) -> None:
+    """Temperature scaling on the held-out split (tsr.core.calibration): sets `config.temperature` and
+    records temperature, ECE and NLL before/after in `config.train_params["calibration"]`.
+
+    The validation split is the data the model never trained on, so a temperature fitted there corrects
+    the over- or underconfidence training leaves (label smoothing and augmentation move it either way, so
+    it is refitted for every model). Without a validation split the model keeps T = 1. The logits come through
+    `to_model_input`, the path serving uses, so the temperature fits the served model.
+    """
+    if len(val_split) == 0:
+        return
+    model.eval()
+    logits = torch.cat(
+        [
+            model(to_model_input(val_split.images[s : s + batch_size], config.preprocess)).float()
+            for s in range(0, len(val_split), batch_size)
+        ]
+    )
+    summary = calibration_summary(logits, val_split.labels)
+    config.temperature = float(summary["temperature"])
+    config.train_params["calibration"] = summary
 
 
 def write_model(result: TrainResult, out_dir: Path, export_program: bool = True) -> None:
@@ -231,6 +262,7 @@ def write_model(result: TrainResult, out_dir: Path, export_program: bool = True)
                 "epochs": [asdict(h) for h in result.history],
                 "train_seconds": round(result.train_seconds, 2),
                 "images_per_second": round(result.images_per_second, 1),
+                "calibration": result.calibration,
             },
             indent=2,
         )

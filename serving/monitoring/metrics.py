@@ -78,7 +78,7 @@ class PredictorMetrics:
             ),
             confidence=Histogram(
                 "tsr_prediction_confidence",
-                "Top-1 softmax probability of each prediction",
+                "Top-1 calibrated probability (softmax(logits / T)) of each prediction",
                 ["model", "version"],
                 buckets=CONFIDENCE_BUCKETS,
                 registry=r,

@@ -89,8 +89,9 @@ def post(port: int, body: str) -> httpx.Response:
 
 
 def test_plain_server_answers_like_the_predictor(tmp_path: Path) -> None:
-    """The baseline must do the same work as the predictor: same model, same preprocessing, same answer."""
-    model_dir = make_model_dir(tmp_path / "model")
+    """The baseline must do the same work as the predictor: same model, same preprocessing, same answer
+    (the calibrated probability included: the model carries a temperature)."""
+    model_dir = make_model_dir(tmp_path / "model", temperature=2.0)
     pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     body = ppm_body(torch.from_numpy(pixels).permute(2, 0, 1))
     ready = "http://127.0.0.1:{}/v2/models/gtsrb-classifier/ready"

@@ -156,7 +156,9 @@ def test_predictor_serves_an_int8_directory(
     from tsr.core.preprocessing import load_image_file
 
     loaded, config = load_model_dir(tmp_path / "int8")
-    probs = torch.softmax(_logits(loaded, config, torch.stack([load_image_file(p, 32) for p in paths])), dim=1)
+    logits = _logits(loaded, config, torch.stack([load_image_file(p, 32) for p in paths]))
+    assert config.temperature != 1.0  # the trained model's calibration came with the variant
+    probs = torch.softmax(logits / config.temperature, dim=1)  # what the predictor serves
     assert [p["class_id"] for p in predictions] == probs.argmax(1).tolist()
     for pred, row in zip(predictions, probs, strict=True):
         assert pred["probability"] == pytest.approx(float(row.max()), abs=1e-5)
@@ -209,3 +211,15 @@ def test_component_runs_alone_under_kfp_local(
     report = json.loads((out / "optimize.json").read_text())
     assert report["calibration_images"] == 128
     assert {"fp32_p50_ms_b1", "variant_p50_ms_b64", "speedup_b64"} <= set(report["latency"])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_FILES))
+def test_variants_carry_the_temperature(variant: str, tmp_path: Path) -> None:
+    """The int8 and exported variants serve the same calibrated probabilities: the temperature goes with them."""
+    from tests.conftest import make_model_dir
+
+    model_dir = make_model_dir(tmp_path / "fp32", temperature=1.7)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    optimize(model_dir, images, tmp_path / variant, variant)
+    _, config = load_model_dir(tmp_path / variant)
+    assert config.variant == variant and config.temperature == 1.7

@@ -24,6 +24,7 @@ def test_register_publishes_a_complete_version_with_its_card(tiny_model_dir: Pat
         assert stored[key]
     assert stored["data"]["fingerprint"]["value"] == "f" * 64
     assert stored["metrics"]["validation"]["accuracy"] == 0.97
+    assert stored["temperature"] == config["temperature"] == 1.0  # what the served probabilities use
     assert result.uri == f"s3://models/m/{result.version}"
 
 

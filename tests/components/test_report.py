@@ -53,7 +53,11 @@ def evaluation(trained_model: Path, dataset: Path, tmp_path_factory: pytest.Temp
     champion = make_model_dir(tmp_path_factory.mktemp("report-champion") / "model", seed=1)
     registry.set_alias("m", registry.publish("m", champion, {}))
     return run_evaluation(
-        trained_model, dataset, GateConfig(min_accuracy=0.0, champion_tolerance=1.0), "m", store=store
+        trained_model,
+        dataset,
+        GateConfig(min_accuracy=0.0, champion_tolerance=1.0, min_class_accuracy=0.0),
+        "m",
+        store=store,
     )
 
 
@@ -96,6 +100,15 @@ def test_evaluation_gathers_what_the_report_needs(evaluation: dict[str, Any], da
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(e["lr"] > 0 and e["seconds"] > 0 and 0 <= e["val_accuracy"] <= 1 for e in epochs)
     assert epochs[1]["lr"] != epochs[0]["lr"]  # one-cycle moves it
+    # Calibration: the trained model's temperature, the ECE and reliability bins of its served probabilities.
+    val = evaluation["validation"]
+    assert evaluation["temperature"] == extras["history"]["calibration"]["temperature"] != 1.0
+    assert 0 <= val["ece"] <= 1 and len(val["reliability"]) == 15
+    assert sum(b["count"] for b in val["reliability"]) == val["n"]
+    worst_class = evaluation["worst_class"]
+    assert worst_class == evaluation["gate"]["worst_class"]
+    assert worst_class["accuracy"] == min(a for a in val["per_class_accuracy"] if a is not None)
+    assert worst_class["class_name"] == evaluation["class_names"][worst_class["class_id"]]
     champion = evaluation["champion"]
     assert "models/m/" in champion["uri"]
     assert 0 <= champion["macro_f1"] <= 1 and len(extras["champion_per_class_accuracy"]) == 43
@@ -111,6 +124,7 @@ def test_plots_render_real_pngs(evaluation: dict[str, Any]) -> None:
     )
     _assert_real_figure(plots.class_counts(extras["data"]["counts"], names))
     _assert_real_figure(plots.latency_histogram(evaluation["latency"]["samples_ms"], evaluation["latency"], 2))
+    _assert_real_figure(plots.reliability_diagram(val["reliability"], val["ece"], evaluation["temperature"]))
     champion = evaluation["champion"]
     _assert_real_figure(
         plots.champion_comparison(
@@ -134,6 +148,7 @@ def test_html_report_has_every_section_embedded_and_nothing_external(evaluation:
         "images per class",
         "champion comparison",
         "latency histogram",
+        "reliability diagram",
     }
     for data in figures.values():
         _assert_real_figure(base64.b64decode(data), (300, 200))
@@ -148,6 +163,7 @@ def test_html_report_has_every_section_embedded_and_nothing_external(evaluation:
     assert evaluation["report"]["data"]["fingerprint"]["value"] in page
     assert "Speed limit (20km/h)" in page  # the per-class table
     assert f"gate: {evaluation['gate']['result']}" in page
+    assert f"{evaluation['validation']['ece']:.4f}" in page and "worst class" in page
 
 
 def test_markdown_summary_has_the_key_numbers(evaluation: dict[str, Any]) -> None:
@@ -159,12 +175,15 @@ def test_markdown_summary_has_the_key_numbers(evaluation: dict[str, Any]) -> Non
     assert f"{delta:+.2f} pt" in md and champion["uri"] in md
     assert f"{latency['p50_ms']:.2f} ms / {latency['p99_ms']:.2f} ms" in md
     assert "2 epochs" in md
+    worst = evaluation["worst_class"]
+    assert f"ECE (served probabilities) | {val['ece']:.4f}" in md
+    assert f"worst class | {worst['class_id']} {worst['class_name']}: {100 * worst['accuracy']:.2f}%" in md
     assert md.count("\n|") >= 6  # a Markdown table, one row per number
 
 
 def test_report_without_champion_or_history(tiny_model_dir: Path, dataset: Path) -> None:
     """An untrained model straight from a directory (no history.json) and no store: sections say so."""
-    result = run_evaluation(tiny_model_dir, dataset, GateConfig(min_accuracy=0.0), "m")
+    result = run_evaluation(tiny_model_dir, dataset, GateConfig(min_accuracy=0.0, min_class_accuracy=0.0), "m")
     assert result["champion"] == {"uri": None, "accuracy": None, "macro_f1": None}
     assert result["report"]["history"] is None and result["report"]["champion_per_class_accuracy"] is None
     page = render_report(result)
@@ -176,6 +195,7 @@ def test_report_without_champion_or_history(tiny_model_dir: Path, dataset: Path)
         "per-class accuracy",
         "images per class",
         "latency histogram",
+        "reliability diagram",
     }
     md = render_summary(result)
     assert "| champion | none yet |" in md and "Δ" not in md and "epochs" not in md
@@ -200,6 +220,7 @@ def test_report_of_a_bare_evaluation(tmp_path: Path) -> None:
     for key, _ in SECTIONS:
         assert f'<section id="{key}">' in page
     assert "different set of classes" in page and "No latency samples" in page and "No data card" in page
+    assert "No calibration data" in page
     assert {alt for alt, _ in FIGURE.findall(page)} == {"confusion matrix", "per-class accuracy"}
     assert "<td>1 b</td><td>0 a</td>" in page  # the most frequent confusion
     assert "different classes, not compared" in render_summary(bare)
@@ -214,7 +235,7 @@ def test_a_broken_figure_leaves_the_rest_of_the_report(
     monkeypatch.setattr(plots, "confusion_heatmap", broken)
     page = render_report(evaluation)
     assert "could not be drawn" in page and "no fonts" in page
-    assert len(FIGURE.findall(page)) == 5
+    assert len(FIGURE.findall(page)) == 6
 
 
 def test_confusion_heatmap_handles_empty_rows_and_a_perfect_model() -> None:

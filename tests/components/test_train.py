@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from components.ingest.ingest import IngestConfig, ingest
-from components.train.train import TrainConfig, augment, train, write_model
-from tsr.core.dataset import TRAIN_FILE, VAL_FILE, load_split
+from components.train.train import TrainConfig, augment, calibrate, train, write_model
+from tsr.core.dataset import TRAIN_FILE, VAL_FILE, Split, load_split
 from tsr.core.drift import build_reference
-from tsr.core.models import PROGRAM_FILE, load_model_dir
-from tsr.core.preprocessing import to_model_input
+from tsr.core.models import PROGRAM_FILE, ModelConfig, load_model_dir
+from tsr.core.preprocessing import PreprocessConfig, to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,11 @@ def test_training_learns_and_writes_a_loadable_model(small_dataset: Path, tmp_pa
     history = json.loads((tmp_path / "model" / "history.json").read_text())
     assert len(history["epochs"]) == 3
     assert all(e["lr"] > 0 and e["seconds"] > 0 for e in history["epochs"])  # the run report's curves
+    # Calibrated on the validation split: the temperature is the config's, ECE/NLL before and after recorded.
+    calibration = config.train_params["calibration"]
+    assert config.temperature == calibration["temperature"] == result.config.temperature != 1.0
+    assert history["calibration"] == calibration == result.calibration and calibration["n"] == len(va)
+    assert calibration["nll_after"] <= calibration["nll_before"]
     x = to_model_input(va.images[:8], config.preprocess)
     with torch.no_grad():
         assert torch.allclose(model(x), result.model(x), atol=1e-5)
@@ -56,6 +61,27 @@ def test_training_is_seeded(small_dataset: Path) -> None:
     b = train(tr, va, [str(i) for i in range(43)], cfg, show_progress=False)
     for (ka, va_), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(va_, vb), ka
+
+
+def test_calibrate_fits_a_temperature_above_one_for_an_overconfident_model() -> None:
+    """A model whose logits are scaled up 5x is overconfident: calibrate() finds T > 1 and lowers NLL and ECE."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (600, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    config = ModelConfig(arch="tsrnet", class_names=list("abcd"), preprocess=PreprocessConfig(image_size=8))
+    with torch.no_grad():
+        probs = torch.softmax(model(to_model_input(images, config.preprocess)), dim=1)
+    labels = torch.multinomial(probs, 1, generator=gen).flatten()  # calibrated at T = 1 by construction
+    with torch.no_grad():
+        model[1].weight.mul_(5.0)
+        model[1].bias.mul_(5.0)
+    calibrate(model, config, Split(images, labels, torch.zeros_like(labels)))
+    summary = config.train_params["calibration"]
+    assert config.temperature == summary["temperature"] == pytest.approx(5.0, rel=0.25)
+    assert summary["nll_after"] < summary["nll_before"] and summary["ece_after"] < summary["ece_before"]
+    empty = ModelConfig(arch="tsrnet", class_names=list("abcd"), preprocess=PreprocessConfig(image_size=8))
+    calibrate(model, empty, Split(images[:0], labels[:0], labels[:0]))
+    assert empty.temperature == 1.0 and "calibration" not in empty.train_params
 
 
 def test_augment_keeps_shape_and_range_and_varies() -> None:

@@ -24,7 +24,7 @@ def test_pipeline_registers_on_pass_and_not_on_fail(gtsrb_small: Path, minio: St
         "deploy_mode": "manifest",
         "test_data": str(gtsrb_small),
     }
-    passed = run_local({**base, "min_accuracy": 0.0}, minio, tmp_path / "root")
+    passed = run_local({**base, "min_accuracy": 0.0, "min_class_accuracy": 0.0}, minio, tmp_path / "root")
     assert passed.gate == "pass"
     registry = Registry.from_config(minio)
     versions = registry.versions("pipe-test")
@@ -35,7 +35,9 @@ def test_pipeline_registers_on_pass_and_not_on_fail(gtsrb_small: Path, minio: St
     assert card["metrics"]["validation"]["accuracy"] == pytest.approx(passed.accuracy)
     assert card["metrics"]["test"]["n"] > 0
     assert card["data"]["fingerprint"]["algorithm"] == "sha256"
-    assert card["gate"]["result"] == "pass"
+    assert card["gate"]["result"] == "pass" and card["gate"]["min_class_accuracy"] == 0.0
+    assert card["gate"]["worst_class"]["class_name"]  # the gate names the worst class
+    assert card["temperature"] > 0 and card["metrics"]["validation"]["ece"] >= 0
     # Artifacts a dashboard shows: the HTML report and the generated InferenceService manifest.
     reports = list((tmp_path / "root").rglob("report"))
     assert reports and "gate: pass" in reports[0].read_text()
@@ -43,7 +45,7 @@ def test_pipeline_registers_on_pass_and_not_on_fail(gtsrb_small: Path, minio: St
     # the train step's history; its Markdown summary carries the key numbers.
     assert passed.report is not None and passed.summary is not None
     page = passed.report.read_text()
-    for section in ("summary", "training", "confusion", "per-class", "data", "champion", "latency"):
+    for section in ("summary", "training", "confusion", "per-class", "calibration", "data", "champion", "latency"):
         assert f'<section id="{section}">' in page, section
     assert page.count('src="data:image/png;base64,') >= 5 and "training curves" in page
     assert "http://" not in page and "<script" not in page
@@ -52,7 +54,7 @@ def test_pipeline_registers_on_pass_and_not_on_fail(gtsrb_small: Path, minio: St
     manifests = list((tmp_path / "root").rglob("manifest"))
     assert manifests and f"s3://models/pipe-test/{champion}" in manifests[0].read_text()
 
-    failed = run_local({**base, "min_accuracy": 1.01}, minio, tmp_path / "root2")
+    failed = run_local({**base, "min_accuracy": 1.01, "min_class_accuracy": 0.0}, minio, tmp_path / "root2")
     assert failed.gate == "fail" and "min_accuracy" in failed.evaluation["gate"]["reason"]
     assert registry.versions("pipe-test") == versions, "a failed gate must not register anything"
     assert registry.get_alias("pipe-test") == champion

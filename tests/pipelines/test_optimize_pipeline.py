@@ -26,6 +26,7 @@ def test_optimize_branch_registers_a_variant_without_moving_the_champion(
         "model_name": "opt-test",
         "deploy_mode": "manifest",
         "min_accuracy": 0.0,
+        "min_class_accuracy": 0.0,
         # A 2-epoch model's int8 copy may trail it by more than the default 0.5 %; this test is about wiring.
         "champion_tolerance": 1.0,
         "optimize": "int8",

@@ -53,6 +53,7 @@ def test_register_fails_with_minio_down_and_the_rerun_reuses_the_cache(
         "model_name": NAME,
         "deploy_mode": "manifest",
         "min_accuracy": 0.0,
+        "min_class_accuracy": 0.0,
     }
     root = tmp_path / "root"
     done = threading.Event()

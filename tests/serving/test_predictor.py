@@ -182,6 +182,33 @@ def test_metrics_count_predictions_rejections_and_drift(tiny_model_dir: Path, im
         assert reference == pytest.approx(0.5, abs=0.02)  # uniform random pixels
 
 
+def test_served_probability_is_softmax_of_logits_over_the_temperature(tmp_path: Path) -> None:
+    """The calibrated probability leaves through V1, V2 and the confidence histogram alike."""
+    temperature = 2.5
+    model_dir = make_model_dir(tmp_path / "calibrated", temperature=temperature)
+    registry = CollectorRegistry()
+    predictor = TSRPredictor(
+        "m", ModelSource(str(model_dir)), PredictorOptions(threads=1), PredictorMetrics.create(registry)
+    )
+    predictor.load()
+    assert predictor.config.temperature == temperature
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    model, config = load_model_dir(model_dir)
+    with torch.inference_mode():
+        logits = model(to_model_input(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), config.preprocess))
+    calibrated = torch.softmax(logits / temperature, dim=1).max(1).values
+    raw = torch.softmax(logits, dim=1).max(1).values
+    assert not torch.allclose(calibrated, raw, atol=1e-3)  # the test can tell the two apart
+
+    outputs = {
+        o["name"]: o
+        for o in json.loads(json.dumps(_call(predictor, _uint8_request("m", pixels)).to_rest()[0]))["outputs"]
+    }
+    assert outputs["probability"]["data"] == pytest.approx(calibrated.tolist(), abs=1e-5)
+    confidence_sum = _sample(registry, "tsr_prediction_confidence_sum", {"model": "m", "version": "local"})
+    assert confidence_sum == pytest.approx(float(calibrated.sum()), abs=1e-4)
+
+
 def _info_labels(registry: CollectorRegistry) -> dict[str, str]:
     for metric in registry.collect():
         if metric.name == "tsr_model":

@@ -28,7 +28,7 @@ def run_tsr(*args: str, env: dict[str, str] | None = None, check: bool = True) -
 def test_evaluate_contract_on_a_model_directory(tiny_model_dir: Path, gtsrb_small: Path) -> None:
     result = run_tsr("evaluate", "--model", str(tiny_model_dir), "--data", str(gtsrb_small), "--split", "test")
     line = json.loads(result.stdout.strip().splitlines()[-1])
-    assert {"accuracy", "macro_f1", "n"} <= set(line)
+    assert {"accuracy", "macro_f1", "n", "ece"} <= set(line) and 0.0 <= line["ece"] <= 1.0
     assert line["n"] == sum(1 for _ in (gtsrb_small / "gtsrb" / "GTSRB" / "Final_Test" / "Images").glob("*.ppm"))
     assert 0.0 <= line["accuracy"] <= 1.0
 

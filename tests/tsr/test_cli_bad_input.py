@@ -233,6 +233,7 @@ USAGE_ERRORS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("demo-epochs", ("demo", "--epochs", "0"), ("'--epochs'",)),
     ("demo-batch-size", ("demo", "--batch-size", "0"), ("'--batch-size'",)),
     ("demo-min-accuracy", ("demo", "--min-accuracy", "2"), ("'--min-accuracy'",)),
+    ("demo-min-class-accuracy", ("demo", "--min-class-accuracy", "1.5"), ("'--min-class-accuracy'",)),
     ("demo-requests", ("demo", "--requests", "0"), ("'--requests'",)),
 ]
 

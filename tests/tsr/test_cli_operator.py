@@ -106,7 +106,13 @@ def test_models_list_and_show_tables_and_json(tmp_path: Path, env: dict[str, str
     second_card = {
         **CARD,
         "run_id": "run-two",
-        "metrics": {"validation": {"accuracy": 0.9898, "macro_f1": 0.985, "n": 7829}},
+        "metrics": {"validation": {"accuracy": 0.9898, "macro_f1": 0.985, "n": 7829, "ece": 0.0123}},
+        "gate": {
+            "result": "pass",
+            "reason": "ok",
+            "worst_class": {"class_id": 27, "class_name": "Pedestrians", "accuracy": 0.9123},
+        },
+        "temperature": 1.42,
         "champion_before": {"uri": registry.uri(NAME, first), "accuracy": 0.9731, "macro_f1": 0.96},
     }
     second = registry.publish(NAME, model_dir, second_card, version="20261123-130000-bbbbbb")
@@ -152,10 +158,13 @@ def test_models_list_and_show_tables_and_json(tmp_path: Path, env: dict[str, str
         f"champion before {registry.uri(NAME, first)} (val acc 97.31%",
         "data sha256 " + "ab" * 32,
         "epochs 18",
+        "worst class 27 Pedestrians: 91.23%",
+        "calibration temperature 1.42, validation ECE 0.0123",
     ):
         assert fragment in text, fragment
     old = flat(invoke(env, "models", "show", first).stdout)
     assert "alias –" in old and "none (first champion)" in old
+    assert "worst class –" in old and "calibration –" in old  # a card from before either existed
     card = one_json_document(invoke(env, "models", "show", "latest", "--json").stdout)
     assert card == registry.read_card(NAME, second)
 
@@ -293,11 +302,12 @@ def test_evaluate_keeps_its_json_line_and_offers_a_table(tmp_path: Path, env: di
     default = invoke(env, *base)
     assert default.exit_code == 0, default.output
     line = one_json_document(default.stdout)
-    assert set(line) == {"accuracy", "macro_f1", "n", "model", "data", "split"}
+    assert set(line) == {"accuracy", "macro_f1", "n", "ece", "model", "data", "split"}
     assert one_json_document(invoke(env, *base, "--json").stdout) == line
     table = invoke(env, *base, "--table", "--per-class")
     text = flat(table.stdout)
     assert table.exit_code == 0 and f"images {line['n']:,}" in text and "per-class accuracy" in text
+    assert f"ECE {line['ece']:.4f} (temperature 1)" in text
     both = invoke(env, *base, "--table", "--json")
     assert both.exit_code == 2 and "'--table'" in both.stderr and both.stdout == ""
 

@@ -63,7 +63,8 @@ def test_demo_runs_end_to_end_and_leaves_the_store_usable(
     for key in ("TSR_S3_ENDPOINT", "TSR_S3_ACCESS_KEY", "TSR_S3_SECRET_KEY", "TSR_STORE_DIR", "TSR_CONFIG"):
         env.pop(key, None)
     tsr = str(Path(sys.executable).parent / "tsr")
-    args = ["demo", "--epochs", "2", "--max-groups-per-class", "3", "--min-accuracy", "0.0", "--requests", "5"]
+    args = ["demo", "--epochs", "2", "--max-groups-per-class", "3", "--min-accuracy", "0.0"]
+    args += ["--min-class-accuracy", "0.0", "--requests", "5"]
     prometheus_root = tmp_path / "state" / "prometheus"
     try:
         result = subprocess.run([tsr, *args], capture_output=True, text=True, env=env, timeout=1200)

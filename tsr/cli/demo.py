@@ -50,6 +50,9 @@ def demo(
     min_accuracy: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="gate floor; quick runs need a lower one")
     ] = GateConfig.min_accuracy,
+    min_class_accuracy: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="gate floor for the worst class; quick runs need a lower one")
+    ] = GateConfig.min_class_accuracy,
     batch_size: Annotated[
         int, typer.Option(min=2, help="training batch size (smaller helps tiny quick runs)")
     ] = TrainConfig.batch_size,
@@ -75,6 +78,7 @@ def demo(
         epochs=epochs,
         max_groups_per_class=max_groups_per_class,
         min_accuracy=min_accuracy,
+        min_class_accuracy=min_class_accuracy,
         batch_size=batch_size,
         requests=requests,
     )

@@ -8,7 +8,7 @@ import typer
 
 EXAMPLES: dict[str, list[str]] = {
     "": [
-        "tsr demo --epochs 4 --max-groups-per-class 10 --min-accuracy 0.5   # a quick end-to-end run",
+        "tsr demo --epochs 4 --max-groups-per-class 10 --min-accuracy 0.5 --min-class-accuracy 0  # quick end to end",
         "tsr models list",
         "tsr predict sign.png --url http://127.0.0.1:8080",
     ],
@@ -50,7 +50,8 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "backend": ["tsr backend | jq .mkldnn_available"],
     "pipeline": [
-        "tsr pipeline run-local --data .state/data --epochs 4 --max-groups-per-class 10 --min-accuracy 0.5",
+        "tsr pipeline run-local --data .state/data --epochs 4 --max-groups-per-class 10 --min-accuracy 0.5 "
+        "--min-class-accuracy 0",
         "tsr pipeline compile --image ghcr.io/you/tsr-components:0.1.0",
     ],
     "pipeline compile": [
@@ -59,7 +60,8 @@ EXAMPLES: dict[str, list[str]] = {
         "--toleration arch=arm64:NoSchedule",
     ],
     "pipeline run-local": [
-        "tsr pipeline run-local --data .state/data --epochs 4 --max-groups-per-class 10 --min-accuracy 0.5",
+        "tsr pipeline run-local --data .state/data --epochs 4 --max-groups-per-class 10 --min-accuracy 0.5 "
+        "--min-class-accuracy 0",
         "tsr pipeline run-local --data s3://datasets/gtsrb --deploy-mode none --json | jq .gate",
     ],
     "pipeline submit": [
@@ -93,7 +95,7 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "demo": [
         "tsr demo",
-        "tsr demo --epochs 4 --max-groups-per-class 10 --batch-size 128 --min-accuracy 0.5",
+        "tsr demo --epochs 4 --max-groups-per-class 10 --batch-size 128 --min-accuracy 0.5 --min-class-accuracy 0",
         "tsr demo --data-dir /data/GTSRB-root --json > demo-summary.json",
     ],
 }

@@ -43,7 +43,9 @@ def evaluate(
     table: Annotated[bool, typer.Option("--table", help="a table for people instead of the JSON line")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Evaluate a model on a data split; prints one JSON line with accuracy, macro_f1 and n.
+    """Evaluate a model on a data split; prints one JSON line with accuracy, macro_f1, n and ece.
+
+    ece is the expected calibration error of the probabilities the model serves (its temperature applied).
 
     The JSON line is the default (scripts rely on it); --table shows the same numbers as a table.
     """
@@ -68,7 +70,7 @@ def evaluate(
                 reading = activity.bar(f"reading {split} images")
                 data_split, _ = read_source(data, split, config.preprocess.image_size, store, on_progress=reading)
             with activity.step(f"evaluating {len(data_split):,} images"):
-                metrics = evaluate_model(loaded, config.preprocess, config.num_classes, data_split)
+                metrics = evaluate_model(loaded, config, data_split)
     except (DataError, RegistryError, StoreError, ConfigError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     result: dict[str, Any] = {**metrics.summary(), "model": uri, "data": data, "split": split}
@@ -85,6 +87,7 @@ def evaluate(
                 ("images", f"{metrics.n:,}"),
                 ("accuracy", Text(ui.percent(metrics.accuracy), style="bold")),
                 ("macro-F1", ui.percent(metrics.macro_f1)),
+                ("ECE", f"{metrics.ece:.4f} (temperature {config.temperature:g})" if metrics.ece is not None else None),
             ],
             title="evaluate",
         )

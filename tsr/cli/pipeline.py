@@ -68,6 +68,9 @@ def pipeline_run_local(
     min_accuracy: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="gate: validation accuracy floor")
     ] = GateConfig.min_accuracy,
+    min_class_accuracy: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="gate: accuracy floor for the worst class")
+    ] = GateConfig.min_class_accuracy,
     deploy_mode: Literal["none", "manifest", "local"] = "manifest",
     test_data: Annotated[str, typer.Option(help="GTSRB root with a test split, also evaluated")] = "",
     arch: Annotated[str, typer.Option(help="tsrnet or a torchvision.models classifier")] = TrainConfig.arch,
@@ -97,6 +100,7 @@ def pipeline_run_local(
         "max_groups_per_class": max_groups_per_class,
         "model_name": model_name,
         "min_accuracy": min_accuracy,
+        "min_class_accuracy": min_class_accuracy,
         "deploy_mode": deploy_mode,
         "test_data": test_data,
         "arch": arch,

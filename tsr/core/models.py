@@ -2,7 +2,8 @@
 
 A model directory holds:
   model.safetensors  the state_dict (safetensors: loading it can never run code)
-  config.json        ModelConfig: architecture, classes, preprocessing, training parameters
+  config.json        ModelConfig: architecture, classes, preprocessing, training parameters and the
+                     calibration temperature (`probabilities` applies it to every served probability)
   program.pt2        a `torch.export` program with a dynamic batch dimension, for runtimes
                      that do not want our Python classes (optional when loading)
 
@@ -17,6 +18,7 @@ Every variant takes the same standardized float input (`to_model_input`), so cal
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,8 +125,14 @@ class ModelConfig:
     # The quantized engine ("x86", "qnnpack", ...) an int8 archive was packed for; it must be
     # available where the model is loaded, because packed weights are engine-specific.
     quant_engine: str | None = None
+    # Temperature scaling fitted on the validation split at the end of training (tsr.core.calibration):
+    # served probabilities are softmax(logits / temperature), see `probabilities`. 1.0 = uncalibrated,
+    # which is also what a model directory written before calibration existed reads back as.
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a positive finite number, got {self.temperature!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
         if self.variant == "int8" and not self.quant_engine:
@@ -152,9 +160,20 @@ class ModelConfig:
                 input_reference=dict(data["input_reference"]) if data.get("input_reference") else None,
                 variant=str(data.get("variant", "fp32")),
                 quant_engine=str(data["quant_engine"]) if data.get("quant_engine") else None,
+                temperature=float(data.get("temperature", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid model config: {exc!r}") from exc
+
+
+def probabilities(logits: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The model's calibrated class probabilities: softmax(logits / config.temperature), in float32.
+
+    The one place a probability is made from logits: the predictor, `tsr evaluate`, the evaluate step
+    and the plain-server benchmark all call it, so what a client, the confidence metric and the run
+    report see is the same number.
+    """
+    return torch.softmax(logits.float() / config.temperature, dim=1)
 
 
 def save_model_dir(model: nn.Module, config: ModelConfig, out_dir: Path, export_program: bool = True) -> None:

@@ -56,6 +56,7 @@ class DemoConfig:
     epochs: int = TrainConfig.epochs
     max_groups_per_class: int = 0
     min_accuracy: float = GateConfig.min_accuracy
+    min_class_accuracy: float = GateConfig.min_class_accuracy
     batch_size: int = TrainConfig.batch_size
     requests: int = 8
     model_name: str = DEFAULT_MODEL_NAME
@@ -279,6 +280,7 @@ def run_demo(
             "epochs": cfg.epochs,
             "max_groups_per_class": cfg.max_groups_per_class,
             "min_accuracy": cfg.min_accuracy,
+            "min_class_accuracy": cfg.min_class_accuracy,
             "batch_size": cfg.batch_size,
             "model_name": cfg.model_name,
             "deploy_mode": "local",

@@ -66,6 +66,9 @@ class LoopConfig:
     batch_size: int = 128
     min_accuracy: float = 0.0
     champion_tolerance: float = 0.005
+    # Like min_accuracy, off: the loop's gate is the champion comparison (a quick retrain on a few tracks
+    # never reaches the platform's per-class floor, and the loop proves the wiring, not the recipe).
+    min_class_accuracy: float = 0.0
     images: int = 192  # per traffic phase; at least the drift window
     drift_window: int = 192
     shift: float = 0.3  # brightness factor of the simulated drift
@@ -272,6 +275,7 @@ def run_loop(
         "model_name": cfg.model_name,
         "min_accuracy": cfg.min_accuracy,
         "champion_tolerance": cfg.champion_tolerance,
+        "min_class_accuracy": cfg.min_class_accuracy,
         "deploy_mode": "none",
     }
     summary: dict[str, Any] = {"model_name": cfg.model_name, "bootstrapped": False}

@@ -321,6 +321,25 @@ def gate_text(gate: Any) -> Text:
     return text
 
 
+def worst_class_text(worst: Any) -> str | None:
+    """The gate's worst class as `id name: accuracy` (None for cards from before the per-class gate)."""
+    if not isinstance(worst, Mapping) or worst.get("class_id") is None:
+        return None
+    return f"{worst['class_id']} {worst.get('class_name', '')}: {percent(worst.get('accuracy'))}"
+
+
+def calibration_text(card: Mapping[str, Any]) -> str | None:
+    """Temperature and validation ECE of a model card (None for cards from before calibration)."""
+    temperature = card.get("temperature")
+    ece = ((card.get("metrics") or {}).get("validation") or {}).get("ece")
+    if temperature is None and ece is None:
+        return None
+    parts = [f"temperature {temperature:g}" if temperature is not None else "temperature –"]
+    if ece is not None:
+        parts.append(f"validation ECE {ece:.4f}")
+    return ", ".join(parts)
+
+
 def confidence_text(probability: float) -> Text:
     style = "green" if probability >= 0.9 else "yellow" if probability >= 0.5 else "red"
     return Text(f"{100 * probability:5.1f}%", style=style)
@@ -399,6 +418,8 @@ def model_card_view(card: Mapping[str, Any], aliases: Sequence[str], alias_updat
             ("classes", len(card.get("class_names") or []) or None),
             ("created", card.get("created")),
             ("gate", gate_text(card.get("gate"))),
+            ("worst class", worst_class_text((card.get("gate") or {}).get("worst_class"))),
+            ("calibration", calibration_text(card)),
         ],
         title=f"{card.get('name')} {card.get('version')}",
     )

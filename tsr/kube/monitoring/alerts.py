@@ -57,7 +57,9 @@ class AlertConfig:
     - min_request_rate 0.05/s: below 3 requests a minute a single failure would be a "ratio"; stay quiet.
     - min_confidence 0.7 for 30m: on inputs like its training data a well-trained classifier's mean top-1
       probability sits far above this; a sustained drop means inputs it does not recognise (drift, wrong
-      preprocessing). Set it from the mean confidence measured on the validation split.
+      preprocessing). Set it from the mean confidence measured on the validation split. The probability is the
+      calibrated one (softmax(logits / T), T fitted in training), so a mean of 0.7 means about 70 % of those
+      predictions are right, and the threshold keeps its meaning when a new recipe makes raw logits sharper or flatter.
     - drift_psi 0.25 for 30m: the usual PSI rule of thumb (< 0.1 stable, 0.1-0.25 moderate, > 0.25 major).
     - reload_window 15m: any failed champion reload in the last quarter hour (the old model keeps serving).
     """

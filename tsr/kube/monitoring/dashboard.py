@@ -357,7 +357,7 @@ def _rows(cfg: DashboardConfig) -> tuple[Row, ...]:
                             for q in (0.1, 0.5)
                         ),
                     ),
-                    f"Top-1 softmax probability; TSRLowConfidence below {a.min_confidence} (the line).",
+                    f"Top-1 calibrated probability; TSRLowConfidence below {a.min_confidence} (the line).",
                     unit="percentunit",
                     thresholds=(("red", None), ("green", a.min_confidence)),
                     show_thresholds=True,
