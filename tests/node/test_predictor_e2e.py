@@ -31,7 +31,7 @@ from tests.cluster_node import IMAGES_DIR, Node, check_room_for, local_image
 from tests.cluster_plane import KSERVE_NAMESPACE, ControlPlane, ensure_namespace
 from tsr.core.config import StoreConfig
 from tsr.core.dataset import TRAIN_FILE, VAL_FILE, load_split
-from tsr.core.models import load_model_dir
+from tsr.core.models import load_model_dir, probabilities
 from tsr.core.preprocessing import load_image_file, to_model_input
 from tsr.core.registry import DEFAULT_MODEL_NAME, Registry
 from tsr.kube.inference_service import (
@@ -78,7 +78,7 @@ def _trained(dataset: Path, out: Path, seed: int) -> Path:
 def _probabilities(model_dir: Path, images: torch.Tensor) -> torch.Tensor:
     model, config = load_model_dir(model_dir)
     with torch.no_grad():
-        return torch.softmax(model(to_model_input(images, config.preprocess)), dim=1)
+        return probabilities(model(to_model_input(images, config.preprocess)), config)  # calibrated, as served
 
 
 def _serving_pod(core: k8s.CoreV1Api, uri: str) -> k8s.V1Pod | None:

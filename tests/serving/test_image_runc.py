@@ -27,7 +27,7 @@ import torch
 from components.ingest.ingest import IngestConfig, ingest
 from components.train.train import TrainConfig, train, write_model
 from tsr.core.dataset import TRAIN_FILE, VAL_FILE, load_split
-from tsr.core.models import load_model_dir
+from tsr.core.models import load_model_dir, probabilities
 from tsr.core.preprocessing import load_image_file, to_model_input
 from tsr.core.processes import free_port
 from tsr.core.registry import DEFAULT_MODEL_NAME
@@ -132,7 +132,7 @@ def test_predictor_image_serves_under_runc(
     model, config = load_model_dir(model_dir)
     with torch.no_grad():
         logits = model(to_model_input(torch.stack([load_image_file(p, 32) for p in paths]), config.preprocess))
-        expected = torch.softmax(logits, dim=1)
+        expected = probabilities(logits, config)  # calibrated, as the predictor serves them
     port = free_port()
     bundle = tmp_path / "bundle"
     bundle.mkdir()
