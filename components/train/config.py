@@ -34,6 +34,10 @@ class TrainConfig:
     scale: float = 0.15
     translate: float = 0.12
     erase: float = 0.5  # probability of blanking a random square (cutout) in each image
+    brightness: float = 0.0  # photometric augmentation: shift each image's [0, 1] pixels by up to +-this
+    contrast_jitter: float = 0.0  # ... and scale them about the image's mean by a factor in 1 +- this
+    balance: float = 0.0  # class sampling: each image drawn with weight count(class) ** -balance (0 = plain shuffle)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, which is the model returned (0 = off)
     export_program: bool = True
 
     def __post_init__(self) -> None:
@@ -56,3 +60,7 @@ class TrainConfig:
         for name in ("rotate_deg", "scale", "translate"):
             check_range(name, getattr(self, name), low=0.0)
         check_range("erase", self.erase, low=0.0, high=1.0)
+        check_range("brightness", self.brightness, low=0.0, high=1.0)
+        check_range("contrast_jitter", self.contrast_jitter, low=0.0, high=1.0)
+        check_range("balance", self.balance, low=0.0, high=1.0)
+        check_range("ema", self.ema, low=0.0, high=1.0, high_open=True)

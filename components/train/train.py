@@ -7,6 +7,7 @@ DataLoader workers are needed on two cores.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -25,7 +26,7 @@ from tsr.core.calibration import calibration_summary
 from tsr.core.dataset import Split
 from tsr.core.drift import build_reference
 from tsr.core.models import ModelConfig, build_model, save_model_dir
-from tsr.core.preprocessing import PreprocessConfig, channel_stats, prepare, standardize, to_model_input
+from tsr.core.preprocessing import PreprocessConfig, channel_stats, prepare, prepare_uint8, standardize, to_model_input
 
 
 @dataclass
@@ -72,6 +73,12 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.brightness > 0 or cfg.contrast_jitter > 0:
+        # Photometric jitter after the contrast step: the light of one photo, which whole tracks share.
+        factor = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.contrast_jitter
+        shift = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.brightness
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * factor + mean + shift).clamp_(0.0, 1.0)
     if cfg.erase > 0:
         size = x.shape[-1]
         side = max(1, size // 4)
@@ -119,6 +126,39 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return progress
 
 
+def epoch_order(labels: torch.Tensor, balance: float, gen: torch.Generator) -> torch.Tensor:
+    """One epoch's sample indices: a permutation, or with `balance` > 0 as many draws (with replacement)
+    weighted count(class) ** -balance, so rare classes are seen more often (1 = every class equally)."""
+    if balance <= 0:
+        return torch.randperm(len(labels), generator=gen)
+    counts = torch.bincount(labels).double()
+    weights = counts[labels].pow(-balance)
+    return torch.multinomial(weights, len(labels), replacement=True, generator=gen)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics (a copy kept in eval mode).
+
+    The decay ramps up from 0.1 as (1 + t) / (10 + t), so the first steps' random weights fade quickly.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.decay = decay
+        self.steps = 0
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values(), strict=True))
+        self._floats = [(e, p) for e, p in pairs if e.is_floating_point()]
+        self._others = [(e, p) for e, p in pairs if not e.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_([e for e, _ in self._floats], [p for _, p in self._floats], 1.0 - decay)
+        for e, p in self._others:
+            e.copy_(p)
+
+
 def train(
     train_split: Split,
     val_split: Split,
@@ -139,6 +179,8 @@ def train(
     base = PreprocessConfig(image_size=int(train_split.images.shape[-1]), contrast=cfg.contrast)
     stats = channel_stats(train_split.images, base)
     pre = PreprocessConfig(base.image_size, base.contrast, stats.mean(), stats.std())
+    # The contrast step is per image and random-free: once for the whole split, not per batch and epoch.
+    images = torch.cat([prepare_uint8(part, pre) for part in train_split.images.split(4096)])
 
     model = build_model(cfg.arch, len(class_names), width=cfg.width).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -159,6 +201,8 @@ def train(
         final_div_factor=100.0,
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+    final = average.model if average is not None else model  # the model validated and returned
 
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -169,14 +213,14 @@ def train(
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             t_epoch = time.perf_counter()
-            order = torch.randperm(len(train_split), generator=gen)
+            order = epoch_order(train_split.labels, cfg.balance, gen)
             loss_sum, correct, count = 0.0, 0, 0
             lr = float(optimizer.param_groups[0]["lr"])
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
-                x = prepare(train_split.images[idx], pre)
+                x = images[idx].float().div_(255.0)
                 if cfg.augment:
                     x = augment(x, cfg, gen)
                 x = standardize(x, pre)
@@ -188,6 +232,8 @@ def train(
                 lr = float(optimizer.param_groups[0]["lr"])  # recorded for the run report's curves
                 optimizer.step()
                 schedule.step()
+                if average is not None:
+                    average.update()
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == y).sum())
                 count += len(idx)
@@ -195,7 +241,7 @@ def train(
                     bar.update(bar.task_ids[0], advance=1, info=f"epoch {epoch}/{cfg.epochs} loss {float(loss):.3f}")
             seen += count
             val_loss, val_acc = (
-                evaluate_split(model, val_split, pre) if len(val_split) else (float("nan"), float("nan"))
+                evaluate_split(final, val_split, pre) if len(val_split) else (float("nan"), float("nan"))
             )
             log = EpochLog(
                 epoch,
@@ -213,7 +259,7 @@ def train(
         if bar is not None:
             bar.stop()
     elapsed = time.perf_counter() - t_start
-    model.eval()
+    model = final.eval()
     config = ModelConfig(
         arch=cfg.arch,
         class_names=list(class_names),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from components.ingest.ingest import IngestConfig, ingest
-from components.train.train import TrainConfig, augment, calibrate, train, write_model
+from components.train.train import TrainConfig, WeightAverage, augment, calibrate, epoch_order, train, write_model
 from tsr.core.dataset import TRAIN_FILE, VAL_FILE, Split, load_split
 from tsr.core.drift import build_reference
 from tsr.core.models import PROGRAM_FILE, ModelConfig, load_model_dir
@@ -92,6 +92,48 @@ def test_augment_keeps_shape_and_range_and_varies() -> None:
     assert not torch.allclose(x, y)
 
 
+def test_photometric_jitter_changes_brightness_within_range() -> None:
+    x = torch.full((64, 3, 8, 8), 0.5)
+    gen = torch.Generator().manual_seed(0)
+    cfg = TrainConfig(rotate_deg=0, scale=0, translate=0, erase=0, brightness=0.2, contrast_jitter=0.3)
+    y = augment(x, cfg, gen)
+    means = y.mean(dim=(1, 2, 3))
+    assert float(means.min()) >= 0.3 - 1e-6 and float(means.max()) <= 0.7 + 1e-6
+    assert float(means.std()) > 0.05  # each image its own shift
+
+
+def test_balanced_order_draws_rare_classes_more_often() -> None:
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(epoch_order(labels, 0.0, gen).sort().values, torch.arange(1000))  # a permutation
+    share = float((labels[epoch_order(labels, 1.0, gen)] == 1).float().mean())
+    assert 0.45 < share < 0.55  # fully balanced: half the draws from the 10 % class
+    share = float((labels[epoch_order(labels, 0.5, gen)] == 1).float().mean())
+    assert 0.2 < share < 0.3  # square-root balanced: 100 ** 0.5 / (900 ** 0.5 + 100 ** 0.5) = 0.25
+
+
+def test_weight_average_follows_the_model_and_copies_integer_buffers() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.5)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked += 3
+    average.update()  # first step: decay min(0.5, 2 / 11)
+    expected = start + 1.0 * (1 - 2 / 11)
+    assert torch.allclose(average.model[0].weight, expected)
+    assert int(average.model[1].num_batches_tracked) == 3
+    assert not average.model.training
+
+
+def test_training_with_balance_and_weight_average(small_dataset: Path) -> None:
+    tr, va = load_split(small_dataset / TRAIN_FILE), load_split(small_dataset / VAL_FILE)
+    cfg = TrainConfig(epochs=1, width=8, threads=1, batch_size=64, lr=0.1, balance=0.5, ema=0.9, brightness=0.2)
+    result = train(tr, va, [str(i) for i in range(43)], cfg, show_progress=False)
+    assert not result.model.training
+    assert result.config.train_params["ema"] == 0.9 and result.config.train_params["balance"] == 0.5
+
+
 def test_torchvision_architecture_by_name(small_dataset: Path) -> None:
     tr, va = load_split(small_dataset / TRAIN_FILE), load_split(small_dataset / VAL_FILE)
     tr = tr.subset(torch.arange(0, 64))
@@ -110,6 +152,10 @@ def test_bad_training_parameters() -> None:
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=-1)
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
+    with pytest.raises(ValueError, match="balance"):
+        TrainConfig(balance=2.0)
     from tsr.core.models import build_model
 
     with pytest.raises(ValueError, match="unknown architecture 'resnet9000'"):

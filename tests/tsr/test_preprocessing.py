@@ -18,6 +18,7 @@ from tsr.core.preprocessing import (
     load_image_file,
     open_image,
     prepare,
+    prepare_uint8,
     to_model_input,
 )
 
@@ -67,6 +68,16 @@ def test_equalize_spreads_a_dark_image_over_the_full_range() -> None:
     out = prepare(dark, PreprocessConfig(contrast="equalize"))
     assert float(out.max()) > 0.9
     assert float(prepare(dark, PreprocessConfig(contrast="none")).max()) < 0.16
+
+
+def test_prepare_is_per_image_and_its_uint8_step_is_the_same_path() -> None:
+    """Training applies `prepare_uint8` once to the whole split; that must equal `prepare` of any batch."""
+    batch = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
+    cfg = PreprocessConfig(contrast="equalize")
+    whole = prepare_uint8(batch, cfg)
+    assert whole.dtype == torch.uint8 and whole.shape == (6, 3, 32, 32)
+    assert torch.equal(whole.float().div(255.0), prepare(batch, cfg))
+    assert torch.equal(prepare(batch[2:4], cfg), prepare(batch, cfg)[2:4])
 
 
 def test_prepare_rejects_wrong_dtype_and_shape() -> None:

@@ -149,14 +149,23 @@ def resize_uint8(batch: torch.Tensor, image_size: int) -> torch.Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def prepare(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 in [0, 1] at the model's size, contrast applied."""
+def prepare_uint8(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> uint8 at the model's size, contrast applied: `prepare` before its float conversion.
+
+    Per image, so a batch's result never depends on what else is in it; training applies it once to the
+    whole split instead of to every batch of every epoch.
+    """
     if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected uint8 tensor of shape (N, 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
     batch = resize_uint8(batch, cfg.image_size)
     if cfg.contrast == "equalize":
         batch = TF.equalize(batch)
-    return batch.float().div_(255.0)
+    return batch
+
+
+def prepare(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 in [0, 1] at the model's size, contrast applied."""
+    return prepare_uint8(batch, cfg).float().div_(255.0)
 
 
 def standardize(x: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
