@@ -50,7 +50,8 @@ def test_gate_fails_on_the_worst_class_and_names_it() -> None:
     assert "class 7 (Speed limit (100km/h)) at 0.6200 < min_class_accuracy 0.8000" in result.reason
     fine = gate(0.97, cfg, None, {**worst, "accuracy": 0.85})
     assert fine.passed and "worst class 7 (Speed limit (100km/h)) at 0.8500" in fine.reason
-    assert GateConfig().min_class_accuracy == 0.9
+    # on by default, and below the default recipe's worst held-out class as measured (76.7 %, docs/model.md)
+    assert 0.0 < GateConfig().min_class_accuracy < 0.767
 
 
 def test_metrics_refuse_labels_outside_the_model() -> None:
