@@ -52,11 +52,13 @@ if [ -z "${TSR_FOREIGN_ARCH:-}" ]; then
   PLATFORMS=$native
   STORAGE=$STATE/containers
   REF_TAG=$TAG
+  BUILD_PLATFORM=$NATIVE
 else
   [ "$PLATFORMS" = "linux/$TSR_FOREIGN_ARCH" ] || die "inside foreign-arch.sh $TSR_FOREIGN_ARCH, PLATFORMS=$PLATFORMS"
   STORAGE=$STATE/containers-$TSR_FOREIGN_ARCH  # a storage made inside the user namespace (overlay's xattrs differ)
   OUT=$OUT/$TSR_FOREIGN_ARCH
   REF_TAG=$TAG-$TSR_FOREIGN_ARCH
+  BUILD_PLATFORM=$PLATFORMS  # see build(): the wheel stage too runs under emulation here
 fi
 for tool in buildah debootstrap skopeo curl; do
   command -v $tool >/dev/null || die "$tool not found (make images-local installs it with apt-get)"
@@ -182,7 +184,11 @@ build() {
   log "building $ref ($platform) from $dockerfile"
   local bud=("${B[@]}" bud --layers --isolation chroot --format docker --platform "$platform"
     # BUILDPLATFORM explicitly: buildah 1.28 sets it for RUN steps, not for `FROM --platform=$BUILDPLATFORM`.
-    --build-arg BUILDPLATFORM="linux/$(dpkg --print-architecture)" --build-arg PYTHON_IMAGE="$BASE"
+    # A foreign build's storage holds only that arch's stand-in, which buildah will not use for another platform
+    # (it tries to pull it), so there the wheel stage runs on the target platform too, under emulation: the
+    # wheel is pure Python, the same bytes either way.
+    --build-arg BUILDPLATFORM="$BUILD_PLATFORM"
+    --build-arg PYTHON_IMAGE="$BASE"
     --build-arg VERSION="$TAG" --build-arg REVISION="$revision" "${MOUNTS[@]}" "$@" -f "$dockerfile")
   : >"$log"
   # Each named stage first, tagged, so that pruning old images below never drops the layer cache of a stage
