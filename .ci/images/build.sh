@@ -64,9 +64,12 @@ for tool in buildah debootstrap skopeo curl; do
   command -v $tool >/dev/null || die "$tool not found (make images-local installs it with apt-get)"
 done
 mkdir -p "$OUT" "$STORAGE"
-# A cold build needs room for the base, the builder stage's venv, both images and one archive at a time (measured:
-# 18 GB of storage + 12 GB of archives after a full build); a rebuild over a warm cache needs less.
-if [ "${TSR_IMAGES_ARCHIVES:-1}" = 0 ]; then need=14; elif ls "$OUT"/*.tar >/dev/null 2>&1; then need=10; else need=20; fi
+# A cold build needs room for the base, the builder stage's venv and both images (measured: 21 GB of storage, the
+# venv three times: builder, components, predictor), plus 12 GB for the archives; over a warm storage, a rebuild
+# after a code change adds little.
+if [ -d "$STORAGE/storage" ] && [ -n "$(ls -A "$STORAGE/storage" 2>/dev/null)" ]; then need=8
+elif [ "${TSR_IMAGES_ARCHIVES:-1}" = 0 ]; then need=22
+else need=33; fi
 "$ROOT/.ci/disk-free.sh" "$STATE" "$need" "make images-local"
 
 # ---- storage: project-local; overlay when the kernel lets root use it, else vfs (full copy per layer) --------
