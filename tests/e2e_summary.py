@@ -1,17 +1,30 @@
 """The one JSON line `make cluster-e2e` ends with: the predictor's summary with the pipeline steps' under `steps`.
 
-Each test of the node tier writes its own summary under .state/cluster-e2e/, pass or fail (a failed one says how far
-it got); this joins them. A missing file means that test did not run: its part is null.
+Each test of the node tier writes its own summary under .state/cluster-e2e/ (`recorded`), pass or fail (a failed
+one says how far it got); this joins them. A missing file means that test did not run: its part is null.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tsr.local.checkout import REPO_ROOT
 
 SUMMARIES = REPO_ROOT / ".state" / "cluster-e2e"
+
+
+@contextmanager
+def recorded(name: str, summary: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Yield `summary` to fill; on the way out, pass or fail, write it as `name` here and print it."""
+    try:
+        yield summary
+    finally:
+        SUMMARIES.mkdir(parents=True, exist_ok=True)
+        (SUMMARIES / name).write_text(json.dumps(summary) + "\n")
+        print("\n" + json.dumps(summary))
 
 
 def _read(name: str) -> dict[str, Any] | None:

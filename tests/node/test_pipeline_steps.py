@@ -26,6 +26,7 @@ from kubernetes import client as k8s
 from pipelines.compile import compile_pipeline
 from tests.cluster_node import Node, check_room_for, local_image
 from tests.cluster_plane import ControlPlane, ensure_namespace
+from tests.e2e_summary import recorded
 from tests.kfp_pods import Pipeline, download_dir, install, list_keys, read_object, run_step
 from tsr.core.config import StoreConfig
 from tsr.core.dataset import CARD_FILE, TRAIN_FILE, VAL_FILE, load_split, read_data_card
@@ -35,7 +36,7 @@ from tsr.local.checkout import REPO_ROOT
 from tsr.local.minio_server import LocalMinio
 from tsr.local.upload import upload_tree
 
-SUMMARY = REPO_ROOT / ".state" / "cluster-e2e" / "pipeline-steps.json"
+SUMMARY = "pipeline-steps.json"  # in tests/e2e_summary.py SUMMARIES
 SHIPPED_IR = REPO_ROOT / "pipelines" / "compiled" / "tsr_training.yaml"
 NAMESPACE = "tsr-steps"
 BUCKET = "mlpipeline"  # KFP's default artifact bucket
@@ -52,13 +53,8 @@ def _shipped_executors() -> dict[str, Any]:
 def test_ingest_then_train_as_pods(
     plane: ControlPlane, kube_node: Node, gtsrb_small: Path, minio_binary: Path, tmp_path: Path
 ) -> None:
-    summary: dict[str, Any] = {}
-    try:
+    with recorded(SUMMARY, {}) as summary:
         _run(plane, kube_node, gtsrb_small, minio_binary, tmp_path, summary)
-    finally:
-        SUMMARY.parent.mkdir(parents=True, exist_ok=True)
-        SUMMARY.write_text(json.dumps(summary) + "\n")
-        print("\n" + json.dumps(summary))
 
 
 def _run(

@@ -29,6 +29,7 @@ from components.ingest.ingest import IngestConfig, ingest
 from components.train.train import TrainConfig, train, write_model
 from tests.cluster_node import IMAGES_DIR, Node, check_room_for, local_image
 from tests.cluster_plane import KSERVE_NAMESPACE, ControlPlane, ensure_namespace
+from tests.e2e_summary import recorded
 from tsr.core.config import StoreConfig
 from tsr.core.dataset import TRAIN_FILE, VAL_FILE, load_split
 from tsr.core.models import load_model_dir, probabilities
@@ -41,11 +42,10 @@ from tsr.kube.inference_service import (
 )
 from tsr.kube.monitoring.scrape import ScrapeConfig
 from tsr.kube.rollout import deploy_command, get_inference_service, rollback_command
-from tsr.local.checkout import REPO_ROOT
 from tsr.local.minio_server import LocalMinio
 from tsr.local.prometheus_server import LocalPrometheus, PrometheusConfig, find_prometheus_binary, sample_value
 
-SUMMARY = REPO_ROOT / ".state" / "cluster-e2e" / "predictor-e2e.json"
+SUMMARY = "predictor-e2e.json"  # in tests/e2e_summary.py SUMMARIES
 NAMESPACE = "tsr-e2e"
 MODEL = DEFAULT_MODEL_NAME
 ISVC = isvc_name(MODEL)
@@ -141,16 +141,8 @@ def test_predictor_end_to_end(
         name: {"compressed_mb": i["compressed_mb"], "unpacked_mb": i["unpacked_mb"]}
         for name, i in sizes["images"].items()
     }
-
-    def save() -> None:
-        SUMMARY.parent.mkdir(parents=True, exist_ok=True)
-        SUMMARY.write_text(json.dumps(summary) + "\n")
-
-    try:
+    with recorded(SUMMARY, summary):
         _run(plane, kube_node, gtsrb_small, minio_binary, tmp_path, summary)
-    finally:
-        save()
-        print("\n" + json.dumps(summary))
 
 
 def _run(
@@ -318,10 +310,7 @@ def _with_store(
     # ---- tsr deploy: version 2, then tsr rollback -------------------------------------------------------------
     summary["deploy2_s"] = round(deploy(versions[1]), 1)
     # the engine returned on the controller's status only once the new version's pod was Ready
-    pod2 = _serving_pod(core, uris[1])
-    assert pod2 is not None, f"deploy returned before a pod of version 2 was Ready\n{_diagnose(n, core)}"
-    port2 = n.forward_to_pod(pod2.status.pod_ip, _http_port(pod2))
-    second = _serves(_ask(port2, samples), samples, "p1")
+    second = _ready_pod_answers(n, core, uris[1], samples, "p1", "deploy of version 2")
     summary["deploy2_ok"] = second == (SAMPLES, SAMPLES)
     assert summary["deploy2_ok"], second
     started = time.monotonic()
@@ -335,12 +324,20 @@ def _with_store(
     )
     summary["rollback_s"] = round(time.monotonic() - started, 1)
     assert result.ok, f"{result.message}\n{_diagnose(n, core)}"
-    pod3 = _serving_pod(core, uris[0])
-    assert pod3 is not None, f"rollback returned before a pod of version 1 was Ready\n{_diagnose(n, core)}"
-    port3 = n.forward_to_pod(pod3.status.pod_ip, _http_port(pod3))
-    back = _serves(_ask(port3, samples), samples, "p0")
+    back = _ready_pod_answers(n, core, uris[0], samples, "p0", "rollback to version 1")
     summary["rollback"] = back == (SAMPLES, SAMPLES)
     assert summary["rollback"], back
+
+
+def _ready_pod_answers(
+    n: Node, core: k8s.CoreV1Api, uri: str, samples: list[dict[str, Any]], which: str, after: str
+) -> tuple[int, int]:
+    """The Ready pod of `uri` that must exist when `after` has returned: how many samples it answers (V1, V2) with
+    the `which` model's classes and probabilities."""
+    pod = _serving_pod(core, uri)
+    assert pod is not None, f"{after} returned before a pod serving {uri} was Ready\n{_diagnose(n, core)}"
+    port = n.forward_to_pod(pod.status.pod_ip, _http_port(pod))
+    return _serves(_ask(port, samples), samples, which)
 
 
 def _http_port(pod: k8s.V1Pod) -> int:
