@@ -261,12 +261,7 @@ def run_step(
     log = log_of(namespace, pod_name, "main")
     outputs: dict[str, dict[str, Any]] = {}
     if phase == "Succeeded":
-        body = artifact_store(store).get_object(bucket, output_key)
-        try:
-            executed = json.loads(body.read())
-        finally:
-            body.close()
-            body.release_conn()
+        executed = json.loads(read_object(store, f"minio://{bucket}/{output_key}"))
         declared = spec["outputs"]["artifacts"]
         for art, entry in declared.items():
             produced = executed.get("artifacts", {}).get(art, {}).get("artifacts", [{}])[0]
@@ -293,8 +288,10 @@ def list_keys(store: StoreConfig, uri: str) -> list[str]:
 
 def download_dir(store: StoreConfig, uri: str, target: Path) -> Path:
     """A directory artifact from the store to `target` (to load a model or dataset the pod wrote)."""
+    client = artifact_store(store)  # one client (and its connections) for every object
+    bucket, _, key = uri.removeprefix("minio://").partition("/")
     for rel in list_keys(store, uri):
         path = target / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(read_object(store, f"{uri}/{rel}"))
+        client.fget_object(bucket, f"{key}/{rel}", str(path))
     return target
