@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -96,6 +97,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=ServeConfig.load_backoff_s,
         help="seconds before the first load retry, doubled each time",
     )
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="load a model version without model.sig (as TSR_ALLOW_UNSIGNED=1; a warning on every load)",
+    )
     feedback = parser.add_argument_group("feedback data (off unless --feedback-uri is given; serving/README.md)")
     feedback.add_argument("--feedback-uri", default=None, help="log sampled inputs + predictions to s3://bucket/prefix")
     feedback.add_argument(
@@ -188,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     from serving.server import serve
     from tsr.core.config import explicit_store_config
     from tsr.core.registry import RegistryError, parse_model_spec
+    from tsr.core.signing import ENV_ALLOW_UNSIGNED
     from tsr.core.store import StoreError
 
     cfg = config_from_args(args)
+    if args.allow_unsigned:  # read by tsr.core.signing.Trust.from_env at every load (reloads too)
+        os.environ[ENV_ALLOW_UNSIGNED] = "1"
     try:
         spec = parse_model_spec(args.model, args.model_name)
         store = None

@@ -23,6 +23,7 @@ from tsr.core.drift import build_reference
 from tsr.core.gtsrb import CLASS_NAMES
 from tsr.core.models import ModelConfig, build_model, save_model_dir
 from tsr.core.preprocessing import PreprocessConfig
+from tsr.core.signing import ENV_PUBLIC_KEY, ENV_SIGNING_KEY, ensure_local_key_pair
 from tsr.local.checkout import REPO_ROOT
 from tsr.local.minio_server import LocalMinio, find_minio_binary
 
@@ -30,6 +31,12 @@ ARCHIVE = Path(os.environ.get("TSR_GTSRB_ARCHIVE", REPO_ROOT.parent / "shared" /
 # The suite keeps the checkout's git-ignored .state/ (as the Makefile's targets do) rather than the
 # installed default ~/.local/state/tsr; a test that needs another state dir sets TSR_STATE_DIR itself.
 os.environ.setdefault("TSR_STATE_DIR", str(REPO_ROOT / ".state"))
+# One signing key pair for the session, handed to every child process by path (as the cluster hands the
+# register step and the predictor theirs): a test that runs the predictor with a state dir of its own
+# still trusts the versions the test published. tests/tsr/test_signing.py unsets these to test the defaults.
+_SIGNING_KEY, _PUBLIC_KEY = ensure_local_key_pair()
+os.environ.setdefault(ENV_SIGNING_KEY, str(_SIGNING_KEY))
+os.environ.setdefault(ENV_PUBLIC_KEY, str(_PUBLIC_KEY))
 
 
 @pytest.fixture(scope="session")

@@ -138,6 +138,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         "XDG_STATE_HOME": str(xdg_state),
         "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
         "TSR_STORE_DIR": str(tmp / "store"),
+        # The versions this test registers (in-process) are signed with the session's key (conftest).
+        "TSR_SIGNING_PUBLIC_KEY": os.environ["TSR_SIGNING_PUBLIC_KEY"],
     }
     return Installed(venv, site, work, home, xdg_state, tmp / "store", env)
 

@@ -12,6 +12,7 @@ import pytest
 
 from tsr.core.config import StoreConfig
 from tsr.core.registry import Registry
+from tsr.local.checkout import REPO_ROOT
 
 TSR = str(Path(sys.executable).parent / "tsr")
 
@@ -108,3 +109,19 @@ def test_backend_report_is_json() -> None:
     report = json.loads(run_tsr("backend").stdout)
     assert report["machine"] == platform.machine()
     assert report["mkldnn_available"] == torch.backends.mkldnn.is_available()
+
+
+def test_evaluate_refuses_an_unsigned_version_unless_allowed(
+    tiny_model_dir: Path, gtsrb_small: Path, minio: StoreConfig, tmp_path: Path
+) -> None:
+    registry = Registry.from_config(minio)
+    version = registry.publish("gtsrb-classifier", tiny_model_dir, {}, sign=False)  # a pre-signing version
+    uri = f"s3://models/gtsrb-classifier/{version}"
+    # This checkout's code (the venv's `tsr` may be installed from another one) and a cache of this test's own.
+    env = {**minio.env(), "PYTHONPATH": str(REPO_ROOT), "TSR_STATE_DIR": str(tmp_path / "state")}
+    refused = run_tsr("evaluate", "--model", uri, "--data", str(gtsrb_small), env=env, check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert f"refusing {uri}: unsigned" in refused.stderr, refused.stderr
+    allowed = run_tsr("evaluate", "--model", uri, "--data", str(gtsrb_small), "--allow-unsigned", env=env)
+    assert json.loads(allowed.stdout.splitlines()[-1])["model"] == uri
+    assert "UNSIGNED" in allowed.stderr, allowed.stderr[-2000:]

@@ -43,7 +43,7 @@ def test_publish_reports_upload_progress_in_bytes(minio: StoreConfig, tiny_model
     registry = Registry.from_config(minio)
     version = registry.publish("gtsrb-progress", tiny_model_dir, {}, on_progress=lambda d, t: seen.append((d, t)))
     files = [p for p in tiny_model_dir.iterdir() if p.is_file()]
-    assert len(seen) == len(files) + 2, "one call per object: the files, the card, SHA256SUMS"
+    assert len(seen) == len(files) + 3, "one call per object: the files, the card, model.sig, SHA256SUMS"
     total = seen[0][1]
     assert all(t == total for _, t in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert seen[-1][0] == total > sum(p.stat().st_size for p in files)

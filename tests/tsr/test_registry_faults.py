@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -62,7 +63,7 @@ def _stop_after(store: S3Store, count: int, server: LocalMinio, monkeypatch: pyt
     return stored
 
 
-@pytest.mark.parametrize("stop_after", [1, 3], ids=["after-first-object", "before-commit-marker"])
+@pytest.mark.parametrize("stop_after", [1, 4], ids=["after-first-object", "before-commit-marker"])
 def test_minio_stopped_mid_publish(
     minio_server: LocalMinio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_after: int
 ) -> None:
@@ -71,7 +72,7 @@ def test_minio_stopped_mid_publish(
     registry = Registry.from_config(config)
     first = registry.publish(NAME, make_model_dir(tmp_path / "first", seed=1), CARD)
     registry.set_alias(NAME, first)
-    model_dir = make_model_dir(tmp_path / "second", seed=2)  # config.json, model.safetensors (+ card, SHA256SUMS)
+    model_dir = make_model_dir(tmp_path / "second", seed=2)  # config.json, model.safetensors (+ card, sig, SUMS)
     store = registry.store
     assert isinstance(store, S3Store)
 
@@ -83,7 +84,7 @@ def test_minio_stopped_mid_publish(
         elapsed = time.monotonic() - started
     message = str(failure.value)
     assert len(stored) == stop_after
-    assert f"publishing s3://models/{NAME}/v2 stopped after {stop_after} of 4 objects" in message
+    assert f"publishing s3://models/{NAME}/v2 stopped after {stop_after} of 5 objects" in message
     assert f"http://{config.endpoint}" in message  # the endpoint
     assert "Connection refused" in message and "HTTPConnection(" not in message  # the cause, not urllib3's reprs
     assert "no alias moved" in message and "version='v2'" in message  # and what to do about it
@@ -113,6 +114,7 @@ def test_minio_stopped_mid_publish(
     card_file = tmp_path / "card.json"
     card_file.write_bytes(card_bytes)
     expected_sums = {p.name: sha256_file(p) for p in model_dir.iterdir()} | {"model-card.json": sha256_file(card_file)}
+    expected_sums["model.sig"] = hashlib.sha256(store.get_bytes(f"{NAME}/v2/model.sig")).hexdigest()
     assert store.get_bytes(f"{NAME}/v2/{SUMS_FILE}").decode() == format_sums(expected_sums)
     assert store.list(f"{NAME}/v2/") == sorted(f"{NAME}/v2/{n}" for n in [*expected_sums, SUMS_FILE])
     local = registry.fetch(NAME, "v2", tmp_path / "cache")

@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from tsr.core.config import state_dir
 from tsr.core.registry import ModelSpec, RegistryError, parse_model_spec
+from tsr.core.signing import ENV_ALLOW_UNSIGNED
 from tsr.core.validation import InvalidParameter, check_model_ref, check_registry_name, check_s3_uri
 from tsr.local import ui
 from tsr.local.minio_server import store_session
@@ -141,6 +142,15 @@ def _store_session() -> Any:
 
 def cache_dir() -> Path:
     return state_dir() / "cache" / "models"
+
+
+def allow_unsigned(allowed: bool) -> None:
+    """`--allow-unsigned`: the operator's opt-in to load versions without model.sig (warned on every load).
+
+    Set in the environment, where every load (also a predictor's reloads, in this or a child process)
+    reads it through `tsr.core.signing.Trust.from_env`."""
+    if allowed:
+        os.environ[ENV_ALLOW_UNSIGNED] = "1"
 
 
 JsonOption = Annotated[

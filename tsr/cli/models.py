@@ -42,6 +42,9 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON line on stdout (the default)")] = False,
     table: Annotated[bool, typer.Option("--table", help="a table for people instead of the JSON line")] = False,
     quiet: QuietOption = False,
+    allow_unsigned: Annotated[
+        bool, typer.Option(help="load a version without model.sig (as TSR_ALLOW_UNSIGNED=1; warned on every load)")
+    ] = False,
 ) -> None:
     """Evaluate a model on a data split; prints one JSON line with accuracy, macro_f1, n and ece.
 
@@ -56,6 +59,7 @@ def evaluate(
     from tsr.core.sources import read_source
 
     spec = model_spec("model", model, model_name)
+    common.allow_unsigned(allow_unsigned)
     check_data_source("data", data, must_exist=True)
     if as_json and table:
         raise InvalidParameter("table", "--table and --json exclude each other")

@@ -104,12 +104,16 @@ def serve(
             help=f"days until logged data expires (bucket lifecycle rule; default {FeedbackConfig.retention_days})",
         ),
     ] = None,
+    allow_unsigned: Annotated[
+        bool, typer.Option(help="load a version without model.sig (as TSR_ALLOW_UNSIGNED=1; warned on every load)")
+    ] = False,
 ) -> None:
     """Serve a model with the KServe model server (V1 and V2 REST, optional gRPC, /metrics).
 
     Every argument is checked before the server (or the store) starts.
     """
     spec = model_spec("model", model, model_name)
+    common.allow_unsigned(allow_unsigned)
     if grpc_port == http_port:
         raise InvalidParameter("grpc_port", f"{grpc_port} is also the --http-port; use two different ports")
 

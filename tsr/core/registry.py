@@ -3,11 +3,14 @@
 Layout in the `models` bucket:
   <name>/<version>/<model files>       weights, config, exported program
   <name>/<version>/model-card.json     metrics, parameters, lineage
+  <name>/<version>/model.sig           the register step's signature over the files above (tsr.core.signing)
   <name>/<version>/SHA256SUMS          sha256 of every file above; written last
   <name>/champion                      JSON pointing at a version; moved only after SHA256SUMS
   <name>/_aliases/champion/history/<seq>.json   one immutable record per move, never overwritten
 
-A version without SHA256SUMS is incomplete: readers never list, resolve or load it.
+A version without SHA256SUMS is incomplete: readers never list, resolve or load it. SHA256SUMS vouches
+for the transfer only (whoever can write the bucket can rewrite it too); `fetch` verifies model.sig with
+the public key before it returns a directory, and refuses unsigned versions unless an operator opted in.
 
 An alias moves by compare-and-swap (`ObjectStore.put_bytes_if`: a conditional PUT on MinIO, a locked
 replace in a directory store): of two promotions at the same moment exactly one moves it from a given
@@ -23,6 +26,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import logging
+import os
 import random
 import re
 import secrets
@@ -36,13 +41,17 @@ from pathlib import Path
 from typing import Any
 
 from tsr.core.config import DEFAULT_BUCKET, StoreConfig
+from tsr.core.signing import SIG_FILE, SignatureError, Trust, sign_directory, signing_key, verify_directory
 from tsr.core.store import ObjectStore, StoreError, open_store, split_s3_uri
+
+log = logging.getLogger(__name__)
 
 SUMS_FILE = "SHA256SUMS"
 CARD_FILE = "model-card.json"
 CHAMPION = "champion"
 DEFAULT_MODEL_NAME = "gtsrb-classifier"
 ALIAS_DIR = "_aliases"
+STORE_STATE_SUFFIX = ".store-objects.json"  # beside a cached version: the store objects' tags at download
 ALIAS_MOVE_ATTEMPTS = 50  # compare-and-swap rounds before a move gives up (each lost round is another's move)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -131,6 +140,8 @@ class Registry:
         card: dict[str, Any],
         version: str | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        sign: bool = True,
+        key: Path | None = None,
     ) -> str:
         """Upload a model directory as a new immutable version and return the version id.
 
@@ -141,13 +152,16 @@ class Registry:
         SHA256SUMS, so it stays invisible and no alias moves. Publishing again with the same
         `version` completes it (the half-written objects are replaced); a complete version is
         never overwritten.
+
+        With `sign` (the default) the files and the card are signed with `key` (default: $TSR_SIGNING_KEY,
+        else the local key pair) and `model.sig` is uploaded before the commit marker.
         """
         check_name(name)
         version = check_name(version or new_version_id(), "version")
         files = sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise RegistryError(f"model directory {model_dir} is empty")
-        reserved = {SUMS_FILE, CARD_FILE} & {p.name for p in files}
+        reserved = {SUMS_FILE, CARD_FILE, SIG_FILE} & {p.name for p in files}
         if reserved:
             raise RegistryError(f"model directory {model_dir} must not contain {sorted(reserved)}")
         self.store.ensure_bucket()
@@ -160,10 +174,14 @@ class Registry:
         card = {**card, "name": name, "version": version, "uri": uri}
         card_bytes = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
         sums[CARD_FILE] = hashlib.sha256(card_bytes).hexdigest()
-        uploads = len(files) + 2
+        signature = _sign(files, card_bytes, key) if sign else None
+        if signature is not None:
+            sums[SIG_FILE] = hashlib.sha256(signature).hexdigest()
+        uploads = len(files) + 2 + (signature is not None)
         done = 0
         sums_bytes = format_sums(sums).encode()
         total_bytes = sum(p.stat().st_size for p in files) + len(card_bytes) + len(sums_bytes)
+        total_bytes += len(signature or b"")
         sent = 0
 
         def progress(nbytes: int) -> None:
@@ -185,6 +203,10 @@ class Registry:
             self.store.put_bytes(prefix + CARD_FILE, card_bytes, "application/json")
             done += 1
             progress(len(card_bytes))
+            if signature is not None:  # before the commit marker: nothing half-signed is ever visible
+                self.store.put_bytes(prefix + SIG_FILE, signature, "application/json")
+                done += 1
+                progress(len(signature))
             # The commit point: only now does the version become visible to readers.
             self.store.put_bytes(prefix + SUMS_FILE, sums_bytes, "text/plain")
         except StoreError as exc:
@@ -317,21 +339,44 @@ class Registry:
         card: dict[str, Any] = json.loads(self.store.get_bytes(f"{name}/{version}/{CARD_FILE}"))
         return card
 
-    def fetch(self, name: str, version: str, cache_dir: Path) -> Path:
-        """Download a version into `cache_dir/<name>/<version>`, verifying every sha256.
+    def fetch(self, name: str, version: str, cache_dir: Path, trust: Trust | None = None) -> Path:
+        """Download a version into `cache_dir/<name>/<version>`, verifying every sha256 and the signature.
 
-        A cached copy is re-verified against the registry's SHA256SUMS before reuse; a bad
-        download is deleted, never left where a later call could pick it up.
+        The signature (model.sig) is verified with `trust`'s public key (default: `Trust.from_env()`)
+        before the directory is returned, so before anything in it is loaded; an unsigned version is
+        refused unless `trust.allow_unsigned`. A cached copy is reused only while the store's objects
+        are the ones it was downloaded from (their size/ETag, recorded beside it) and it still verifies;
+        when the store's copy changed, a warning says so and the version is fetched and verified again.
+        A bad download is deleted, never left where a later call could pick it up.
         """
-        source = f"{self.uri(name, version)}/{SUMS_FILE}"
+        trust = Trust.from_env() if trust is None else trust
+        uri = self.uri(name, version)
+        source = f"{uri}/{SUMS_FILE}"
         try:
             sums_text = self.store.get_bytes(f"{name}/{version}/{SUMS_FILE}").decode()
             sums = parse_sums(sums_text, source)
         except FileNotFoundError as exc:
-            raise RegistryError(f"{self.uri(name, version)} is not a complete version (no {SUMS_FILE})") from exc
+            raise RegistryError(f"{uri} is not a complete version (no {SUMS_FILE})") from exc
         target = cache_dir / name / version
-        if target.is_dir() and _matches(target, sums):
-            return target
+        record = cache_dir / name / (version + STORE_STATE_SUFFIX)
+        if target.is_dir():
+            changed = self._changed_objects(name, version, sums, record)
+            if changed is None:
+                log.info("the cached copy of %s has no record of its store objects (older release): refetching", uri)
+            elif changed:
+                log.warning(
+                    "the store's copy of %s changed since it was cached (%s): fetching and verifying it again",
+                    uri,
+                    ", ".join(changed[:5]),
+                )
+            elif not _matches(target, sums):
+                log.warning("the cached copy of %s no longer matches its SHA256SUMS: fetching it again", uri)
+            else:
+                try:
+                    verify_directory(target, uri, trust)
+                    return target
+                except SignatureError as exc:
+                    log.warning("the cached copy of %s fails verification (%s): fetching it again", uri, exc)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".download-"))
         try:
@@ -340,17 +385,43 @@ class Registry:
                 actual = sha256_file(tmp / filename)
                 if actual != digest:
                     raise RegistryError(
-                        f"checksum mismatch for {self.uri(name, version)}/{filename}: "
+                        f"checksum mismatch for {uri}/{filename}: "
                         f"expected {digest[:12]}…, got {actual[:12]}…; refusing to load it"
                     )
             (tmp / SUMS_FILE).write_text(sums_text)
+            try:
+                verify_directory(tmp, uri, trust)
+            except SignatureError as exc:
+                raise RegistryError(str(exc)) from None
+            tags = self._object_tags(name, version, sums)
             if target.exists():
                 shutil.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp.rename(target)
+            scratch = record.with_name(f".{record.name}.{os.getpid()}")
+            scratch.write_text(json.dumps(tags, indent=1, sort_keys=True))
+            scratch.replace(record)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    def _object_tags(self, name: str, version: str, sums: dict[str, str]) -> dict[str, str]:
+        """The change tag (size, ETag) of each object of a version, SHA256SUMS included."""
+        return {f: self.store.stat(f"{name}/{version}/{f}") for f in sorted([*sums, SUMS_FILE])}
+
+    def _changed_objects(self, name: str, version: str, sums: dict[str, str], record: Path) -> list[str] | None:
+        """Objects whose tags differ from those recorded when the cached copy was downloaded.
+
+        None when there is no record (a cache written by an older release): it is fetched once more."""
+        try:
+            recorded = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            current = self._object_tags(name, version, sums)
+        except FileNotFoundError as exc:
+            return [str(exc)]
+        return [f for f in sorted(set(current) | set(recorded)) if current.get(f) != recorded.get(f)]
 
 
 def _moved(alias: str, record: dict[str, Any]) -> AliasMove:
@@ -417,12 +488,47 @@ def parse_model_spec(spec: str, default_name: str = DEFAULT_MODEL_NAME) -> Model
     return ModelSpec(directory=path)
 
 
-def materialize(spec: ModelSpec, store: StoreConfig | None, cache_dir: Path) -> tuple[Path, str]:
-    """Return a verified local model directory for `spec` and the URI it came from."""
+def materialize(
+    spec: ModelSpec, store: StoreConfig | None, cache_dir: Path, trust: Trust | None = None
+) -> tuple[Path, str]:
+    """Return a verified local model directory for `spec` and the URI it came from.
+
+    A local directory that is a copy of a registry version (it has model.sig or SHA256SUMS: KServe's
+    /mnt/models) is verified like a fetch; so is any directory when `trust.require_signed_dirs`
+    ($TSR_REQUIRE_SIGNED=1). Other directories (a training run's output) are the operator's own files.
+    """
+    trust = Trust.from_env() if trust is None else trust
     if spec.directory is not None:
-        return spec.directory, str(spec.directory.resolve())
+        directory = spec.directory
+        label = str(directory.resolve())
+        if trust.require_signed_dirs or (directory / SIG_FILE).is_file() or (directory / SUMS_FILE).is_file():
+            try:
+                verify_directory(directory, label, trust)
+            except SignatureError as exc:
+                raise RegistryError(str(exc)) from None
+        return directory, label
     if store is None:
         raise RegistryError("a registry model was asked for but no store is configured")
     registry = Registry.from_config(store, spec.bucket)
     version = registry.resolve(spec.name, spec.ref)
-    return registry.fetch(spec.name, version, cache_dir), registry.uri(spec.name, version)
+    return registry.fetch(spec.name, version, cache_dir, trust), registry.uri(spec.name, version)
+
+
+def _sign(files: list[Path], card_bytes: bytes, key: Path | None) -> bytes:
+    """The signature of a version's files plus its card, made in a scratch copy (hard links)."""
+    try:
+        key = signing_key() if key is None else key
+    except (SignatureError, OSError) as exc:  # $TSR_SIGNING_KEY names no file; no writable state dir
+        raise RegistryError(f"cannot sign the version: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="tsr-sign-") as scratch:
+        stage = Path(scratch)
+        for path in files:
+            try:
+                os.link(path, stage / path.name)
+            except OSError:  # another filesystem: copy
+                shutil.copyfile(path, stage / path.name)
+        (stage / CARD_FILE).write_bytes(card_bytes)
+        try:
+            return sign_directory(stage, key).read_bytes()
+        except Exception as exc:  # a bad key file: say which, in one line
+            raise RegistryError(f"cannot sign the version with key {key}: {exc}") from exc

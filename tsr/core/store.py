@@ -76,6 +76,7 @@ class ObjectStore(Protocol):
     def uri(self, key: str) -> str: ...
     def ensure_bucket(self) -> None: ...
     def exists(self, key: str) -> bool: ...
+    def stat(self, key: str) -> str: ...
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
     def put_bytes_if(
         self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream"
@@ -153,6 +154,18 @@ class S3Store:
             raise self._fail("stat", key, exc) from exc
         except Exception as exc:
             raise self._fail("stat", key, exc) from exc
+
+    def stat(self, key: str) -> str:
+        """A change tag of the object (size and ETag): differs whenever the object was rewritten."""
+        try:
+            info = self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}:
+                raise FileNotFoundError(f"{self.uri(key)} does not exist") from exc
+            raise self._fail("stat", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("stat", key, exc) from exc
+        return f"{info.size}:{info.etag}"
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:
@@ -254,6 +267,14 @@ class DirStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def stat(self, key: str) -> str:
+        """A change tag of the file (size and modification time in ns)."""
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.uri(key)} does not exist")
+        info = path.stat()
+        return f"{info.st_size}:{info.st_mtime_ns}"
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         target = self._path(key)
