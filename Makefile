@@ -36,7 +36,7 @@ LOCAL_PLATFORMS ?= linux/amd64
 ACTIONLINT_VERSION ?= v1.7.12
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: images-build help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test actionlint node-tools node-debs cluster-e2e cluster-up
+.PHONY: images-build help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test arm64-smoke actionlint node-tools node-debs cluster-e2e cluster-up
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -52,6 +52,7 @@ help:
 	@echo "make images-build - the same images without archives (what make test builds for its runc smoke test)"
 	@echo "make images-local - build tsr-components, tsr-predictor and a storage-initializer here, daemonless (buildah; .state/images)"
 	@echo "make images-test - check the images make images-local built (pytest tests/images)"
+	@echo "make arm64-smoke - build both images for linux/arm64 (qemu-user) and run their code there against amd64 (tests/arm64)"
 	@echo "make cluster-tools - kube-apiserver/controller-manager/scheduler/kubectl, the KServe controller, etcd (pytest -m cluster)"
 	@echo "make node-tools - kubelet, containerd + ctr + runc shim, the pause and test images, runc/CNI/socat (pytest -m node)"
 	@echo "make cluster-e2e - the node tier: control plane + KServe + a real node in namespaces (tests/node)"
@@ -218,6 +219,16 @@ images-local: images-tools
 # tests/serving/test_image_runc.py, which runs the predictor image once under runc. Needs root, like images-local.
 images-build: images-tools
 	TSR_IMAGES_ARCHIVES=0 TAG=$(TAG) PLATFORMS=$(LOCAL_PLATFORMS) PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
+
+# `make arm64-smoke` (docs/images.md "arm64 here, under emulation"): both images built for linux/arm64 from the same
+# Dockerfiles under qemu-user (.ci/images/build.sh, cached), then tests/arm64 runs their own code in arm64 containers
+# (.ci/images/foreign-run.sh) against the same code here, and prints one JSON line. Needs root; not part of make test.
+ARM64_SUMMARY := .state/arm64-smoke/arm64-smoke.json
+arm64-smoke: venv images-tools $(TOOLS)/minio
+	TAG=$(TAG) PLATFORMS=linux/arm64 PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
+	@rm -f $(ARM64_SUMMARY)
+	@$(PY) -m pytest -q -m arm64 tests/arm64; status=$$?; \
+	  if [ -f $(ARM64_SUMMARY) ]; then cat $(ARM64_SUMMARY); else echo '{"arm64_smoke": null}'; fi; exit $$status
 
 # The image tier (tests/images): plain `make test` deselects it; it fails, naming images-local, without the images.
 images-test: venv $(TOOLS)/minio

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tsr.local.checkout import REPO_ROOT
@@ -17,13 +18,13 @@ SUMMARIES = REPO_ROOT / ".state" / "cluster-e2e"
 
 
 @contextmanager
-def recorded(name: str, summary: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Yield `summary` to fill; on the way out, pass or fail, write it as `name` here and print it."""
+def recorded(name: str, summary: dict[str, Any], folder: Path = SUMMARIES) -> Iterator[dict[str, Any]]:
+    """Yield `summary` to fill; on the way out, pass or fail, write it as `name` in `folder` and print it."""
     try:
         yield summary
     finally:
-        SUMMARIES.mkdir(parents=True, exist_ok=True)
-        (SUMMARIES / name).write_text(json.dumps(summary) + "\n")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(summary) + "\n")
         print("\n" + json.dumps(summary))
 
 
