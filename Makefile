@@ -65,7 +65,7 @@ help:
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
 	@echo "make audit  - pip-audit requirements.lock against PyPI's vulnerability data (needs pypi.org; CI runs it)"
 	@echo "make $(TOOLS)/dockerfile-check - the BuildKit Dockerfile checker (.ci/dockerfile-check; part of make tools)"
-	@echo "make soak   - the locust load test for 10 minutes at 32 users (report in .state/soak)"
+	@echo "make soak   - the locust load test for 10 minutes at 32 users, large and bad requests too: is RSS bounded? (.state/soak)"
 	@echo "make fuzz   - the predictor fuzz tests with 10x the examples"
 
 $(VENV)/.stamp: pyproject.toml requirements.lock
@@ -369,7 +369,8 @@ audit: $(AUDIT_VENV)/.stamp-$(PIP_AUDIT_VERSION)
 	$(AUDIT_VENV)/bin/python .ci/audit.py --pip-audit $(AUDIT_VENV)/bin/pip-audit --timeout $(AUDIT_TIMEOUT) requirements.lock
 
 soak: venv
-	TSR_LOAD_SECONDS=600 TSR_LOAD_USERS=32 TSR_LOAD_REPORT_DIR=.state/soak $(PY) -m pytest tests/serving/test_load.py -q -s
+	TSR_LOAD_SECONDS=600 TSR_LOAD_USERS=32 TSR_LOAD_IDLE_SECONDS=15 TSR_LOAD_REPORT_DIR=.state/soak \
+	  $(PY) -m pytest tests/serving/test_load.py -q -s
 
 # A deeper fuzz run than make test's (10x the examples; minutes).
 fuzz: venv
