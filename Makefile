@@ -34,9 +34,14 @@ PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
 # PLATFORMS is given on the command line (linux/arm64 is built under qemu-user emulation).
 LOCAL_PLATFORMS ?= linux/amd64
 ACTIONLINT_VERSION ?= v1.7.12
+# `make audit`: pip-audit in a tool venv of its own (never in .venv or requirements.lock), checking requirements.lock
+# against PyPI's vulnerability data (.ci/audit.py: one line and exit 2 when that cannot be reached); AUDIT_TIMEOUT bounds it.
+PIP_AUDIT_VERSION ?= 2.10.1
+AUDIT_VENV := $(CURDIR)/.state/tools/pip-audit
+AUDIT_TIMEOUT ?= 600
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: images-build help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test arm64-smoke actionlint node-tools node-debs cluster-e2e cluster-up
+.PHONY: audit images-build help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test arm64-smoke actionlint node-tools node-debs cluster-e2e cluster-up
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -59,8 +64,9 @@ help:
 	@echo "make cluster-up - a control plane + KServe + a node for you: prints a kubeconfig path, Ctrl-C stops it"
 	@echo "make crds   - fetch the KServe + prometheus-operator CRDs the tests validate against (.tools/crds)"
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
+	@echo "make audit  - pip-audit requirements.lock against PyPI's vulnerability data (needs pypi.org; CI runs it)"
 	@echo "make $(TOOLS)/dockerfile-check - the BuildKit Dockerfile checker (.ci/dockerfile-check; part of make tools)"
-	@echo "make soak   - the locust load test for 10 minutes at 32 users (report in .state/soak)"
+	@echo "make soak   - the locust load test for 10 minutes at 32 users, large and bad requests too: is RSS bounded? (.state/soak)"
 	@echo "make fuzz   - the predictor fuzz tests with 10x the examples"
 
 $(VENV)/.stamp: pyproject.toml requirements.lock
@@ -365,8 +371,17 @@ cluster-up: venv node-tools cluster-tools
 actionlint: $(TOOLS)/actionlint
 	$(TOOLS)/actionlint -color .github/workflows/*.yml
 
+$(AUDIT_VENV)/.stamp-$(PIP_AUDIT_VERSION):
+	rm -rf $(AUDIT_VENV) && $(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install -q --timeout 30 --retries 1 pip-audit==$(PIP_AUDIT_VERSION)
+	@touch $@
+
+audit: $(AUDIT_VENV)/.stamp-$(PIP_AUDIT_VERSION)
+	$(AUDIT_VENV)/bin/python .ci/audit.py --pip-audit $(AUDIT_VENV)/bin/pip-audit --timeout $(AUDIT_TIMEOUT) requirements.lock
+
 soak: venv
-	TSR_LOAD_SECONDS=600 TSR_LOAD_USERS=32 TSR_LOAD_REPORT_DIR=.state/soak $(PY) -m pytest tests/serving/test_load.py -q -s
+	TSR_LOAD_SECONDS=600 TSR_LOAD_USERS=32 TSR_LOAD_IDLE_SECONDS=15 TSR_LOAD_REPORT_DIR=.state/soak \
+	  $(PY) -m pytest tests/serving/test_load.py -q -s
 
 # A deeper fuzz run than make test's (10x the examples; minutes).
 fuzz: venv
