@@ -272,7 +272,7 @@ def test_reload_follows_champion_and_keeps_old_model_on_failure(
 def test_a_registry_version_copied_whole_reports_its_version(tmp_path: Path) -> None:
     """Under KServe the storage-initializer copies s3://models/<name>/<version>/ into /mnt/models and the
     predictor loads that directory: it reports the registry version and URI from the card, after checking
-    every file against SHA256SUMS, instead of "local"."""
+    every file against its signature and SHA256SUMS, instead of "local"."""
     store = StoreConfig(kind="dir", directory=tmp_path / "store")
     registry = Registry.from_config(store)
     version = registry.publish("m", make_model_dir(tmp_path / "model"), card={})
@@ -282,5 +282,6 @@ def test_a_registry_version_copied_whole_reports_its_version(tmp_path: Path) -> 
     assert predictor.load()
     assert predictor.model_version == version and predictor.model_uri == registry.uri("m", version)
     (mnt / WEIGHTS_FILE).write_bytes(b"not the weights")
-    with pytest.raises(RegistryError, match="do not match"):
+    # the signature is checked first and names the changed file
+    with pytest.raises(RegistryError, match=r"content differs from the signed content: model\.safetensors"):
         TSRPredictor("m", ModelSource(str(mnt)), PredictorOptions(threads=1)).load()
