@@ -250,6 +250,8 @@ def test_helm_lint_plain_defaults() -> None:
         (["--set", "model.storageUri=/local/path"], "/model/storageUri"),
         (["--set", "unknownKey=1"], "additional properties 'unknownKey' not allowed"),
         (["--set", "minio.unknown=1"], "additional properties 'unknown' not allowed"),
+        (["--set", "signing.publicKeyConfigMap=Model_Key"], "/signing/publicKeyConfigMap"),
+        (["--set", "signing.allowUnsigned=maybe"], "/signing/allowUnsigned"),
     ],
 )
 def test_schema_refuses_bad_values(args: list[str], message: str) -> None:
