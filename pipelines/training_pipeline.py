@@ -26,11 +26,23 @@ from components.register.component import register_component
 from components.train.component import train_component
 from components.train.config import TrainConfig
 from tsr.core.registry import DEFAULT_MODEL_NAME
+from tsr.core.signing import ENV_PUBLIC_KEY, ENV_SIGNING_KEY, Trust
 from tsr.kube.inference_service import PIPELINE_S3_SECRET as S3_SECRET
 from tsr.kube.inference_service import PIPELINE_S3_SECRET_ENV as S3_SECRET_ENV
 from tsr.kube.labels import OS_LABEL
 from tsr.kube.placement import PREFERRED_WEIGHT, Toleration, arch_expression, check_arch
-from tsr.kube.spec import DEFAULT_NAMESPACE, DEFAULT_PREDICTOR_IMAGE, READY_TIMEOUT_S, InferenceServiceSpec
+from tsr.kube.spec import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_PREDICTOR_IMAGE,
+    READY_TIMEOUT_S,
+    SIGNING_KEY_DIR,
+    SIGNING_KEY_PATH,
+    SIGNING_PUBLIC_CONFIG_MAP,
+    SIGNING_PUBLIC_KEY_DIR,
+    SIGNING_PUBLIC_KEY_PATH,
+    SIGNING_SECRET,
+    InferenceServiceSpec,
+)
 
 PIPELINE_NAME = "tsr-training"
 # The deploy step's own defaults: its spellings of "unset" for the Kubeflow UI ("" / 0 / -1) and its mode.
@@ -38,6 +50,11 @@ _DEPLOY_STEP = {name: p.default for name, p in inspect.signature(deploy_componen
 STEPS = ("ingest", "train", "evaluate", "register", "deploy")
 # Steps that run only when a pipeline parameter asks for them (`optimize`); placed like the others.
 OPTIONAL_STEPS = ("optimize",)
+# The steps that hold a model-signing key in a cluster (tsr.core.signing): register signs what it publishes with
+# the private key, evaluate verifies the champion it fetches from the registry with the public key. No other
+# step loads a registry version (deploy creates the InferenceService; its predictor verifies on its own).
+SIGNING_STEPS = ("register",)
+VERIFYING_STEPS = ("evaluate",)
 
 
 @dataclass(frozen=True)
@@ -193,9 +210,14 @@ def build_pipeline(
     `packaging`: `containerized` for a cluster (the image is each step's `target_image`; the IR
     carries no code), `lightweight` for kfp.local (components/factory.py says why both exist).
 
-    `use_k8s_secret` attaches the MinIO Secret and the Kubernetes placement (node selectors, affinity,
-    tolerations) through kfp-kubernetes; the local runner turns it off because kfp.local has no Kubernetes
-    and hands the store over through the environment. `placement` defaults to `Placement()`.
+    `use_k8s_secret` attaches the MinIO Secret, the model-signing keys and the Kubernetes placement (node
+    selectors, affinity, tolerations) through kfp-kubernetes; the local runner turns it off because kfp.local
+    has no Kubernetes and hands the store over through the environment (and signs with the local key pair of
+    tsr.core.signing). `placement` defaults to `Placement()`.
+
+    The signing keys: the register steps mount the Secret `tsr-model-signing` (the private key) read-only,
+    $TSR_SIGNING_KEY naming its file; the evaluate steps mount the ConfigMap `tsr-model-signing-public` (the
+    public key), $TSR_SIGNING_PUBLIC_KEY naming its file.
     """
     placement = placement or Placement()
     ingest_op = kfp_component(ingest_component, image, packaging)
@@ -210,8 +232,22 @@ def build_pipeline(
             kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_ENV)
         return task
 
-    def placed(task: Any, name: str) -> Any:
+    def placed(task: Any, name: str) -> Any:  # the step's placement and the signing key it holds
+        with_signing_keys(task, name)
         return apply_placement(task, name, placement, kubernetes_platform=use_k8s_secret)
+
+    def with_signing_keys(task: Any, name: str) -> Any:
+        if not use_k8s_secret:
+            return task
+        if name in SIGNING_STEPS:
+            kubernetes.use_secret_as_volume(task, secret_name=SIGNING_SECRET, mount_path=SIGNING_KEY_DIR)
+            task.set_env_variable(ENV_SIGNING_KEY, SIGNING_KEY_PATH)
+        if name in VERIFYING_STEPS:
+            kubernetes.use_config_map_as_volume(
+                task, config_map_name=SIGNING_PUBLIC_CONFIG_MAP, mount_path=SIGNING_PUBLIC_KEY_DIR
+            )
+            task.set_env_variable(ENV_PUBLIC_KEY, SIGNING_PUBLIC_KEY_PATH)
+        return task
 
     # The parameters' defaults are the typed configs' (TrainConfig, GateConfig, InferenceServiceSpec) and, for
     # the deploy step's "unset" spellings, that step's: a pipeline function is evaluated, never serialized, so
@@ -234,6 +270,7 @@ def build_pipeline(
         champion_tolerance: float = GateConfig.champion_tolerance,
         min_class_accuracy: float = GateConfig.min_class_accuracy,
         test_data: str = "",
+        allow_unsigned_champion: bool = Trust.allow_unsigned,
         deploy_mode: str = _DEPLOY_STEP["mode"],
         namespace: str = DEFAULT_NAMESPACE,
         predictor_image: str = DEFAULT_PREDICTOR_IMAGE,
@@ -254,6 +291,7 @@ def build_pipeline(
         serving_memory_request: str = InferenceServiceSpec.memory_request,
         serving_memory_limit: str = InferenceServiceSpec.memory_limit,
         deploy_timeout_s: float = READY_TIMEOUT_S,
+        serving_allow_unsigned: bool = InferenceServiceSpec.allow_unsigned,
         run_id: str = "",
         optimize: str = "",
     ) -> PipelineOutputs:
@@ -287,6 +325,7 @@ def build_pipeline(
                 champion_tolerance=champion_tolerance,
                 min_class_accuracy=min_class_accuracy,
                 test_data=test_data,
+                allow_unsigned=allow_unsigned_champion,
             )
         ).set_display_name("evaluate & gate")
         placed(evaluate, "evaluate")
@@ -323,6 +362,7 @@ def build_pipeline(
                     memory_request=serving_memory_request,
                     memory_limit=serving_memory_limit,
                     ready_timeout_s=deploy_timeout_s,
+                    allow_unsigned=serving_allow_unsigned,
                 )
             ).set_display_name("deploy")
             placed(deploy, "deploy")
@@ -344,6 +384,7 @@ def build_pipeline(
                         champion_tolerance=champion_tolerance,
                         min_class_accuracy=min_class_accuracy,
                         test_data=test_data,
+                        allow_unsigned=allow_unsigned_champion,
                     )
                 ).set_display_name("evaluate variant")
                 evaluate_variant.after(register)  # the champion it compares with is this run's fp32 model

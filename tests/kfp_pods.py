@@ -8,7 +8,8 @@ stands in for KFP's backend (whose Go modules the proxy refuses, and whose launc
   parameters (the caller's values over the IR's defaults, cast to the IR's types), names each output artifact
   `minio://<bucket>/v2/artifacts/<pipeline>/<run>/<task>/<name>` (KFP's layout) and passes upstream artifacts
   (with their metadata) as inputs; it builds the pod from the executor's container (image, command, args and
-  resources exactly as the IR gives them) and the IR's Kubernetes platform spec (`secretAsEnv`, `nodeSelector`);
+  resources and env exactly as the IR gives them) and the IR's Kubernetes platform spec (`secretAsEnv`,
+  `secretAsVolume`, `configMapAsVolume`: the model-signing keys of register and evaluate, `nodeSelector`);
 - the launcher: tests/kfp_launcher.py, mounted from a ConfigMap at /kfp-launcher and put in front of the
   IR's command as KFP puts its own launcher there (`... -- python3 -m kfp.dsl.executor_main ...`).
 
@@ -175,6 +176,27 @@ def step_pod(pipeline: Pipeline, task: str, pod_name: str, spec: dict[str, Any],
                     ),
                 )
             )
+    env += [k8s.V1EnvVar(name=e["name"], value=e["value"]) for e in container.get("env", [])]  # e.g. TSR_SIGNING_KEY
+    # kfp-kubernetes' use_secret_as_volume / use_config_map_as_volume (the signing keys), read-only as KFP mounts them
+    mounted: list[tuple[k8s.V1Volume, str]] = [
+        (
+            k8s.V1Volume(
+                name=f"secret-{i}",
+                secret=k8s.V1SecretVolumeSource(secret_name=v["secretName"], optional=v.get("optional", False)),
+            ),
+            v["mountPath"],
+        )
+        for i, v in enumerate(platform.get("secretAsVolume", []))
+    ] + [
+        (
+            k8s.V1Volume(
+                name=f"config-map-{i}",
+                config_map=k8s.V1ConfigMapVolumeSource(name=v["configMapName"], optional=v.get("optional", False)),
+            ),
+            v["mountPath"],
+        )
+        for i, v in enumerate(platform.get("configMapAsVolume", []))
+    ]
     res = container.get("resources", {})
     resources = k8s.V1ResourceRequirements(
         requests={
@@ -220,12 +242,14 @@ def step_pod(pipeline: Pipeline, task: str, pod_name: str, spec: dict[str, Any],
                     volume_mounts=[
                         *(k8s.V1VolumeMount(name=n, mount_path=p) for n, p in writable.items()),
                         k8s.V1VolumeMount(name="launcher", mount_path="/kfp-launcher", read_only=True),
+                        *(k8s.V1VolumeMount(name=v.name, mount_path=path, read_only=True) for v, path in mounted),
                     ],
                 )
             ],
             volumes=[
                 *(k8s.V1Volume(name=n, empty_dir=k8s.V1EmptyDirVolumeSource()) for n in writable),
                 k8s.V1Volume(name="launcher", config_map=k8s.V1ConfigMapVolumeSource(name=LAUNCHER_CONFIGMAP)),
+                *(v for v, _ in mounted),
             ],
         ),
     )

@@ -28,7 +28,14 @@ from components.train.component import train_component
 from components.train.config import TrainConfig
 from serving.config import ServeConfig
 from tsr.core.registry import DEFAULT_MODEL_NAME
-from tsr.kube.inference_service import DEFAULT_S3_SECRET, PIPELINE_S3_SECRET, RUN_AS_USER, isvc_name
+from tsr.core.signing import Trust
+from tsr.kube.inference_service import (
+    DEFAULT_S3_SECRET,
+    PIPELINE_S3_SECRET,
+    RUN_AS_USER,
+    SIGNING_PUBLIC_CONFIG_MAP,
+    isvc_name,
+)
 from tsr.kube.spec import (
     DEFAULT_NAMESPACE,
     DEFAULT_PREDICTOR_IMAGE,
@@ -89,6 +96,7 @@ def expected_component_defaults() -> dict[str, tuple[Callable[..., Any], dict[st
                 "champion_tolerance": GateConfig.champion_tolerance,
                 "min_class_accuracy": GateConfig.min_class_accuracy,
                 "test_data": "",  # no test split
+                "allow_unsigned": Trust(public_key=None).allow_unsigned,  # unsigned champions only on opt-in
             },
         ),
         "register": (
@@ -116,6 +124,7 @@ def expected_component_defaults() -> dict[str, tuple[Callable[..., Any], dict[st
                 "memory_request": base.memory_request,
                 "memory_limit": base.memory_limit,
                 "ready_timeout_s": READY_TIMEOUT_S,
+                "allow_unsigned": base.allow_unsigned,
                 **UNSET_SPELLINGS,
             },
         ),
@@ -175,6 +184,8 @@ def test_helm_values_equal_their_source() -> None:
         "serviceAccounts.predictor.name": (values["serviceAccounts"]["predictor"]["name"], base.service_account),
         "s3.pipelineSecretName": (values["s3"]["pipelineSecretName"], PIPELINE_S3_SECRET),
         "s3.predictorSecretName": (values["s3"]["predictorSecretName"], DEFAULT_S3_SECRET),
+        "signing.publicKeyConfigMap": (values["signing"]["publicKeyConfigMap"], SIGNING_PUBLIC_CONFIG_MAP),
+        "signing.allowUnsigned": (values["signing"]["allowUnsigned"], base.allow_unsigned),
         **{f"security.{k}": (values["security"][k], RUN_AS_USER) for k in ("runAsUser", "runAsGroup", "fsGroup")},
     }
     wrong = {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}

@@ -28,11 +28,12 @@ from typer.testing import CliRunner
 
 from tests.helm.test_chart import helm
 from tests.pipelines.kfp_fake import API, FakeKfp
+from tests.test_signing_keys import run_key_command
 from tsr.cli import app
 from tsr.core.config import StoreConfig
 from tsr.core.registry import DEFAULT_MODEL_NAME
 from tsr.core.store import open_store
-from tsr.kube.inference_service import isvc_name
+from tsr.kube.inference_service import SIGNING_PUBLIC_CONFIG_MAP, SIGNING_SECRET, isvc_name
 from tsr.local.checkout import REPO_ROOT
 
 CLUSTER_DOC = REPO_ROOT / "docs" / "cluster.md"
@@ -100,7 +101,9 @@ def test_every_command_of_the_cluster_section_works_as_written(
     archive = tmp_path / "gtsrb-train-32.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(gtsrb_small / "gtsrb", arcname="gtsrb")
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"signing": set()}
+    keys = tmp_path / "operator-keys"  # where the reader runs openssl and kubectl create
+    keys.mkdir()
     handled = 0
     with FakeKfp() as kfp:
         for words in cluster_commands():
@@ -167,6 +170,10 @@ def test_every_command_of_the_cluster_section_works_as_written(
                 result = _tsr(env, [*words[:same], *state["submit_flags"]])
                 assert result.exit_code == 0, result.output
                 assert "/#/recurringrun/details/" in result.stdout
+            elif words[0] == "openssl" or words[:4] == ["kubectl", "-n", state["namespace"], "create"]:
+                made = run_key_command(words, keys)  # openssl as written, kubectl create --dry-run=client
+                if made is not None:
+                    state["signing"].add((made["kind"], made["metadata"]["name"], made["metadata"]["namespace"]))
             elif words[0] in ("kubectl", "curl"):
                 name = isvc_name(DEFAULT_MODEL_NAME)
                 assert name in line or f"/v1/models/{DEFAULT_MODEL_NAME}:predict" in line, line
@@ -182,3 +189,8 @@ def test_every_command_of_the_cluster_section_works_as_written(
             handled += 1
     assert handled == len(cluster_commands()) >= 12
     assert "tsr-s3-credentials" in state["secrets"]
+    # the signing keys the compiled pipeline and the InferenceService mount, in the run's namespace
+    assert state["signing"] == {
+        ("Secret", SIGNING_SECRET, state["namespace"]),
+        ("ConfigMap", SIGNING_PUBLIC_CONFIG_MAP, state["namespace"]),
+    }

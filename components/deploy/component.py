@@ -31,8 +31,13 @@ def deploy_component(
     memory_request: str = "1Gi",
     memory_limit: str = "2Gi",
     ready_timeout_s: float = 600.0,
+    allow_unsigned: bool = False,
 ) -> str:
-    """Returns the endpoint URL ("" when only a manifest is written)."""
+    """Returns the endpoint URL ("" when only a manifest is written).
+
+    The InferenceService verifies the version's signature with the public key of the ConfigMap
+    tsr-model-signing-public; `allow_unsigned` is the operator's opt-in to serve unsigned versions too.
+    """
     from pathlib import Path
 
     from components.deploy.deploy import deploy, pipeline_serving_options
@@ -50,6 +55,7 @@ def deploy_component(
         cpu_limit=cpu_limit,
         memory_request=memory_request,
         memory_limit=memory_limit,
+        allow_unsigned=allow_unsigned,
     )
     result = deploy(
         mode,

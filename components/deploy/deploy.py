@@ -155,12 +155,14 @@ def pipeline_serving_options(
     cpu_limit: str,
     memory_request: str,
     memory_limit: str,
+    allow_unsigned: bool,
 ) -> dict[str, Any]:
     """The deploy step's scalar parameters as `InferenceServiceSpec` fields (`deploy(spec_options=...)`).
 
     Pipeline parameters are plain scalars a person types into the Kubeflow UI, so "unset" is spelled
     "" or 0 and lists are comma-separated (`arch="arm64,amd64"`, `tolerations="arch=arm64:NoSchedule"`,
-    kubectl's taint syntax). Everything is validated by `InferenceServiceSpec`, before any API call.
+    kubectl's taint syntax); `allow_unsigned` is the operator's opt-in for unsigned versions (TSR_ALLOW_UNSIGNED).
+    Everything is validated by `InferenceServiceSpec`, before any API call.
     """
     if scale_target < 0:
         raise ValueError(f"scale_target must be >= 1, or 0 for KServe's default; got {scale_target}")
@@ -176,4 +178,5 @@ def pipeline_serving_options(
         "cpu_limit": cpu_limit,
         "memory_request": memory_request,
         "memory_limit": memory_limit,
+        "allow_unsigned": allow_unsigned,
     }

@@ -20,6 +20,7 @@ def evaluate_component(
     champion_tolerance: float = 0.005,
     test_data: str = "",
     min_class_accuracy: float = 0.7,
+    allow_unsigned: bool = False,
 ) -> str:
     """Evaluate on the validation split (and a GTSRB test dir if given); returns the gate, "pass" or "fail".
 
@@ -28,15 +29,21 @@ def evaluate_component(
     (training curves from the model's history.json, confusion heatmap, per-class accuracy with
     misclassified samples, reliability diagram and ECE of the served probabilities, data card, champion
     comparison, latency histogram); `summary` its key numbers. `min_class_accuracy` is the floor for the
-    worst class (GateConfig).
+    worst class (GateConfig). The champion is fetched from the registry and its signature verified
+    ($TSR_SIGNING_PUBLIC_KEY); `allow_unsigned` is the operator's opt-in to compare with an unsigned one
+    (registered before signing), as TSR_ALLOW_UNSIGNED=1 would.
     """
     import json
+    import os
     from pathlib import Path
 
     from components.evaluate.evaluate import GateConfig, run_evaluation
     from components.evaluate.report import champion_delta, render_report, render_summary
     from tsr.core.config import explicit_store_config
+    from tsr.core.signing import ENV_ALLOW_UNSIGNED
 
+    if allow_unsigned:  # read by tsr.core.signing.Trust.from_env when the champion is fetched
+        os.environ[ENV_ALLOW_UNSIGNED] = "1"
     result = run_evaluation(
         model.path,
         dataset.path,

@@ -24,6 +24,7 @@ from kubernetes import client as k8s
 
 from tests.cluster_plane import TOOLS_BIN, ControlPlane, ensure_namespace
 from tests.helm.test_chart import CASES, CHART
+from tsr.kube.inference_service import SIGNING_SECRET
 from tsr.local.checkout import REPO_ROOT
 
 RESTRICTED = {
@@ -208,6 +209,7 @@ def can_i(
     namespace: str | None,
     group: str = "",
     subresource: str = "",
+    name: str = "",
 ) -> bool:
     review = k8s.V1SubjectAccessReview(
         spec=k8s.V1SubjectAccessReviewSpec(
@@ -218,7 +220,12 @@ def can_i(
                 "system:authenticated",
             ],
             resource_attributes=k8s.V1ResourceAttributes(
-                verb=verb, resource=resource, group=group, namespace=namespace, subresource=subresource or None
+                verb=verb,
+                resource=resource,
+                group=group,
+                namespace=namespace,
+                subresource=subresource or None,
+                name=name or None,
             ),
         )
     )
@@ -265,6 +272,35 @@ def test_pipeline_runner_may_do_nothing_else(
 ) -> None:
     runner = f"system:serviceaccount:{rbac_namespace}:tsr-pipeline-runner"
     assert not can_i(cluster, runner, verb, resource, namespace, group, subresource)
+
+
+@pytest.mark.parametrize("account", ["tsr-predictor", "tsr-pipeline-runner"])
+@pytest.mark.parametrize("verb", ["get", "list", "watch"])
+def test_no_service_account_of_the_chart_may_read_the_signing_key(
+    cluster: ControlPlane, rbac_namespace: str, account: str, verb: str
+) -> None:
+    """The private key reaches the register step as a volume the kubelet mounts: no ServiceAccount of the chart,
+    the predictor's least of all, may read the Secret through the API (docs/operator-guide.md section 6)."""
+    user = f"system:serviceaccount:{rbac_namespace}:{account}"
+    assert not can_i(cluster, user, verb, "secrets", rbac_namespace, name=SIGNING_SECRET)
+
+
+def test_the_predictor_cannot_fetch_the_signing_key(cluster: ControlPlane, rbac_namespace: str) -> None:
+    """The same by impersonation against a real Secret of that name: the admin reads it, the predictor's
+    ServiceAccount gets 403."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SIGNING_SECRET, "namespace": rbac_namespace},
+        "stringData": {"model-signing.key": "not a real key: the test reads it back"},
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(secret))
+    assert SIGNING_SECRET in cluster.kubectl("get", "secret", SIGNING_SECRET, "-n", rbac_namespace, "-o", "name").stdout
+    refused = cluster.kubectl(
+        "get", "secret", SIGNING_SECRET, "-n", rbac_namespace,
+        f"--as=system:serviceaccount:{rbac_namespace}:tsr-predictor", check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stderr
 
 
 def test_the_authorizer_is_not_a_pushover(cluster: ControlPlane, rbac_namespace: str) -> None:

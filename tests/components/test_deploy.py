@@ -93,6 +93,46 @@ def test_security_context_is_non_root_and_locked_down() -> None:
     assert {"mountPath": "/tmp", "name": "tmp"} in predictor["containers"][0]["volumeMounts"]
 
 
+def test_predictor_verifies_signed_versions_with_the_public_key() -> None:
+    """The predictor gets the public key from the ConfigMap, mounted read-only, and refuses unsigned
+    directories (TSR_REQUIRE_SIGNED: KServe's /mnt/models); unsigned versions only on the operator's opt-in."""
+    predictor = manifest()["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TSR_SIGNING_PUBLIC_KEY"] == "/etc/tsr/signing-public/model-signing.pub"
+    assert env["TSR_REQUIRE_SIGNED"] == "1"
+    assert "TSR_ALLOW_UNSIGNED" not in env
+    assert {"name": "model-signing-public", "mountPath": "/etc/tsr/signing-public", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    volume = next(v for v in predictor["volumes"] if v["name"] == "model-signing-public")
+    assert volume == {
+        "name": "model-signing-public",
+        "configMap": {
+            "name": "tsr-model-signing-public",
+            "items": [{"key": "model-signing.pub", "path": "model-signing.pub"}],
+        },
+    }
+    assert not any("secret" in v for v in predictor["volumes"])  # the private key never reaches the predictor
+    opted_in = manifest(allow_unsigned=True, signing_public_key_config_map="team-a-key")["spec"]["predictor"]
+    env = {e["name"]: e["value"] for e in opted_in["containers"][0]["env"]}
+    assert env["TSR_ALLOW_UNSIGNED"] == "1" and env["TSR_REQUIRE_SIGNED"] == "1"
+    assert next(v for v in opted_in["volumes"] if "configMap" in v)["configMap"]["name"] == "team-a-key"
+
+
+def test_the_public_key_is_where_the_predictor_reads_it() -> None:
+    """The env the InferenceService sets, read by the predictor's own Trust.from_env: the mounted key,
+    every directory signed, and the opt-in only when asked for."""
+    from tsr.core.signing import Trust
+
+    for allow in (False, True):
+        container = manifest(allow_unsigned=allow)["spec"]["predictor"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        trust = Trust.from_env(env)
+        assert str(trust.public_key) == "/etc/tsr/signing-public/model-signing.pub"
+        assert trust.require_signed_dirs is True and trust.allow_unsigned is allow
+
+
 def test_canary_and_node_selector_rendered_when_set() -> None:
     m = manifest(
         deployment_mode="Knative",
@@ -126,6 +166,7 @@ def test_legacy_mode_names_are_mapped() -> None:
         ({"min_replicas": 0}, "min_replicas"),
         ({"min_replicas": 4}, "min_replicas"),
         ({"name": "Bad_Name"}, "DNS-1035"),
+        ({"signing_public_key_config_map": "Bad_Key"}, "signing_public_key_config_map"),
         ({"cpu_limit": "two"}, "quantity"),
     ],
 )
@@ -313,6 +354,7 @@ def test_step_renders_the_serving_parameters_under_kfp_local(tmp_path: Path) -> 
         tolerations="arch=arm64:NoSchedule",
         cpu_limit="1",
         service_account="my-predictor",
+        allow_unsigned=True,
     )
     doc = yaml.safe_load(Path(task.outputs["manifest"].path).read_text())
     assert task.outputs["Output"] == ""  # manifest mode serves nothing
@@ -326,6 +368,15 @@ def test_step_renders_the_serving_parameters_under_kfp_local(tmp_path: Path) -> 
     assert required["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["arm64"]
     assert predictor["tolerations"] == [{"key": "arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}]
     assert predictor["containers"][0]["resources"]["limits"]["cpu"] == "1"
+    env = {e["name"]: e["value"] for e in predictor["containers"][0]["env"]}
+    assert env["TSR_ALLOW_UNSIGNED"] == "1" and env["TSR_REQUIRE_SIGNED"] == "1"
+
+
+def test_pipeline_serving_options_keep_unsigned_versions_out_by_default() -> None:
+    assert _options()["allow_unsigned"] is False
+    env = manifest(**_options())["spec"]["predictor"]["containers"][0]["env"]
+    assert "TSR_ALLOW_UNSIGNED" not in {e["name"] for e in env}
+    assert _options(allow_unsigned=True)["allow_unsigned"] is True
 
 
 def test_step_refuses_a_canary_in_standard_mode_under_kfp_local(

@@ -32,8 +32,13 @@ import yaml
 from pipelines.training_pipeline import S3_SECRET, S3_SECRET_ENV
 from tests import crd_schema
 from tsr.core.config import DATA_BUCKET, DEFAULT_BUCKET
+from tsr.core.signing import ENV_ALLOW_UNSIGNED, ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNED
 from tsr.kube import kustomize as kz
 from tsr.kube.inference_service import (
+    SIGNING_PUBLIC_CONFIG_MAP,
+    SIGNING_PUBLIC_KEY_DIR,
+    SIGNING_PUBLIC_KEY_PATH,
+    SIGNING_SECRET,
     InferenceServiceSpec,
     build_inference_service,
     build_s3_secret,
@@ -105,6 +110,11 @@ CASES: dict[str, list[str]] = {
         *sets("arch.require=arm64", "inferenceService.resources.limits.cpu=1500m"),
         *sets("monitoring.scrape.kind=ServiceMonitor"),
         *("--set-json", f"inferenceService.tolerations={TOLERATIONS}"),
+    ],
+    "unsigned-opt-in": [
+        *CREDENTIALS,
+        *ISVC_ON,
+        *sets("signing.allowUnsigned=true", "signing.publicKeyConfigMap=team-a-model-key"),
     ],
     "monitoring-off": [
         *CREDENTIALS,
@@ -240,6 +250,8 @@ def test_helm_lint_plain_defaults() -> None:
         (["--set", "model.storageUri=/local/path"], "/model/storageUri"),
         (["--set", "unknownKey=1"], "additional properties 'unknownKey' not allowed"),
         (["--set", "minio.unknown=1"], "additional properties 'unknown' not allowed"),
+        (["--set", "signing.publicKeyConfigMap=Model_Key"], "/signing/publicKeyConfigMap"),
+        (["--set", "signing.allowUnsigned=maybe"], "/signing/allowUnsigned"),
     ],
 )
 def test_schema_refuses_bad_values(args: list[str], message: str) -> None:
@@ -404,6 +416,8 @@ def spec_for(case: str) -> InferenceServiceSpec:
         arch=tuple(a for a in (arch["require"] or arch["prefer"],) if a),
         arch_placement=placement,
         tolerations=tuple(isvc["tolerations"]),
+        signing_public_key_config_map=values["signing"]["publicKeyConfigMap"],
+        allow_unsigned=values["signing"]["allowUnsigned"],
     )
 
 
@@ -455,6 +469,30 @@ def test_inference_service_details() -> None:
     for case in ("standard", "knative-canary", "arm64-required"):
         assert one(case, "InferenceService")["spec"]["predictor"]["serviceAccountName"] == "tsr-predictor"
     assert not objects("defaults", "InferenceService")
+
+
+def test_predictor_verifies_signatures() -> None:
+    """The predictor mounts the public-key ConfigMap read-only and requires signed versions; unsigned ones
+    only with signing.allowUnsigned. The private key is never in the chart: no Secret of that name, no
+    volume of a Secret in the predictor."""
+    for case, config_map, opt_in in (
+        ("standard", SIGNING_PUBLIC_CONFIG_MAP, False),
+        ("unsigned-opt-in", "team-a-model-key", True),
+    ):
+        predictor = one(case, "InferenceService")["spec"]["predictor"]
+        (container,) = predictor["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env[ENV_PUBLIC_KEY] == SIGNING_PUBLIC_KEY_PATH and env[ENV_REQUIRE_SIGNED] == "1"
+        assert (env.get(ENV_ALLOW_UNSIGNED) == "1") is opt_in, case
+        volume = next(v for v in predictor["volumes"] if "configMap" in v)
+        assert volume["configMap"]["name"] == config_map
+        assert volume["configMap"]["items"] == [{"key": "model-signing.pub", "path": "model-signing.pub"}]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+        assert mount == {"name": volume["name"], "mountPath": SIGNING_PUBLIC_KEY_DIR, "readOnly": True}
+        assert not any("secret" in v for v in predictor["volumes"]), case
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    for case in CASES:
+        assert not [o for o in rendered(case) if o["metadata"]["name"] == SIGNING_SECRET], case
 
 
 # ---- Secrets and service accounts ------------------------------------------------------------------

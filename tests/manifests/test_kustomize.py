@@ -29,6 +29,7 @@ from kubernetes import client as k8s
 from pipelines.training_pipeline import S3_SECRET as PIPELINE_S3_SECRET
 from pipelines.training_pipeline import S3_SECRET_ENV as PIPELINE_S3_SECRET_ENV
 from tests import crd_schema
+from tsr.core.signing import ENV_ALLOW_UNSIGNED, ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNED
 from tsr.kube import kustomize as kz
 from tsr.kube.inference_service import (
     ANNOTATION_DEPLOYMENT_MODE,
@@ -36,6 +37,10 @@ from tsr.kube.inference_service import (
     DEFAULT_S3_SECRET,
     S3_ACCESS_KEY_ID,
     S3_SECRET_ACCESS_KEY,
+    SIGNING_PUBLIC_CONFIG_MAP,
+    SIGNING_PUBLIC_KEY_DIR,
+    SIGNING_PUBLIC_KEY_PATH,
+    SIGNING_SECRET,
     STORAGE_URI_ENV,
     build_inference_service,
 )
@@ -391,7 +396,26 @@ def test_predictor_pods_are_non_root_with_a_read_only_root(built: dict[str, Docs
             assert sc["readOnlyRootFilesystem"] is True, overlay
             assert sc["allowPrivilegeEscalation"] is False, overlay
             assert sc["capabilities"] == {"drop": ["ALL"]}, overlay
-            assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"], overlay
+            # writable: /tmp only; the public key is a read-only ConfigMap mount
+            mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+            assert mounts == {"/tmp": False, SIGNING_PUBLIC_KEY_DIR: True}, overlay
+
+
+def test_predictor_verifies_signatures_with_the_public_key_config_map(built: dict[str, Docs]) -> None:
+    """Every overlay's predictor mounts the public-key ConfigMap and requires signed versions (no opt-in for
+    unsigned ones by default); the private-key Secret appears nowhere: neither built nor referenced."""
+    for overlay, docs in built.items():
+        predictor = one(docs, "InferenceService")["spec"]["predictor"]
+        (container,) = predictor["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env[ENV_PUBLIC_KEY] == SIGNING_PUBLIC_KEY_PATH and env[ENV_REQUIRE_SIGNED] == "1", overlay
+        assert ENV_ALLOW_UNSIGNED not in env, overlay
+        volumes = {v["name"]: v for v in predictor["volumes"]}
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == SIGNING_PUBLIC_KEY_DIR)
+        assert volumes[mount["name"]]["configMap"]["name"] == SIGNING_PUBLIC_CONFIG_MAP, overlay
+        assert not any("secret" in v for v in volumes.values()), overlay
+        named = re.compile(rf"(?<![-\w]){re.escape(SIGNING_SECRET)}(?![-\w])")  # not tsr-model-signing-public
+        assert not named.search(yaml.safe_dump_all(docs)), overlay
 
 
 def test_network_policy_admits_the_serving_ports_only(built: dict[str, Docs]) -> None:

@@ -3,8 +3,9 @@ loopback, `tsr deploy` (deploy_command, Standard mode) -> the real KServe contro
 storage-initializer downloads the version -> the locally built predictor image runs under PodSecurity
 `restricted` (non-root, read-only root filesystem) and becomes Ready -> the InferenceService reports Ready and
 the engine's wait returns on it -> V1 and V2 requests with real GTSRB images are answered with exactly the
-local model's probabilities -> a real Prometheus scrapes the pod's /metrics as the chart's PodMonitor says ->
-a second `tsr deploy` and `tsr rollback` change what the pod serves.
+local model's probabilities (each version signed with a key pair made for the run; the predictor verifies
+/mnt/models with the public key of the namespace's ConfigMap) -> a real Prometheus scrapes the pod's /metrics
+as the chart's PodMonitor says -> a second `tsr deploy` and `tsr rollback` change what the pod serves.
 
 The images come from `make images-local` (docker-archives in $TSR_IMAGES_DIR, default .state/images); they are
 imported into the node's containerd (on disk: the predictor image is ~6 GB unpacked). A summary of the run
@@ -35,8 +36,11 @@ from tsr.core.dataset import TRAIN_FILE, VAL_FILE, load_split
 from tsr.core.models import load_model_dir, probabilities
 from tsr.core.preprocessing import load_image_file, to_model_input
 from tsr.core.registry import DEFAULT_MODEL_NAME, Registry
+from tsr.core.signing import ensure_local_key_pair
 from tsr.kube.inference_service import (
     KSERVE_CONTAINER,
+    SIGNING_PUBLIC_CONFIG_MAP,
+    SIGNING_PUBLIC_CONFIG_MAP_KEY,
     build_s3_secret_and_service_account,
     isvc_name,
 )
@@ -192,9 +196,12 @@ def _with_store(
     ingest(IngestConfig(source=str(gtsrb_small), max_groups_per_class=3), dataset)
     dirs = [_trained(dataset, tmp_path / f"model-{seed}", seed) for seed in (0, 1)]
     registry = Registry.from_config(store)
+    # a fresh key pair for this run (what the operator makes, docs/operator-guide.md section 6): the versions are
+    # signed with its private key as the register step signs, the predictor verifies with its public key
+    private_key, public_key = ensure_local_key_pair({"TSR_STATE_DIR": str(tmp_path / "keys")})
     versions = []
     for i, model_dir in enumerate(dirs):
-        versions.append(registry.publish(MODEL, model_dir, {"e2e": True, "seed": i}))
+        versions.append(registry.publish(MODEL, model_dir, {"e2e": True, "seed": i}, key=private_key))
     uris = [registry.uri(MODEL, v) for v in versions]
     summary["train_publish_s"] = round(time.monotonic() - started, 1)
 
@@ -256,6 +263,13 @@ def _with_store(
     )
     core.create_namespaced_secret(NAMESPACE, secret)
     core.create_namespaced_service_account(NAMESPACE, account)
+    core.create_namespaced_config_map(  # the public key the InferenceService mounts (TSR_REQUIRE_SIGNED=1)
+        NAMESPACE,
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name=SIGNING_PUBLIC_CONFIG_MAP),
+            data={SIGNING_PUBLIC_CONFIG_MAP_KEY: public_key.read_text()},
+        ),
+    )
 
     # ---- tsr deploy: version 1 ------------------------------------------------------------------------------
     def deploy(version: str) -> float:

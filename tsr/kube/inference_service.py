@@ -21,6 +21,7 @@ from kubernetes import client as k8s
 
 from tsr.core.config import ENV_STATE_DIR
 from tsr.core.registry import DEFAULT_MODEL_NAME
+from tsr.core.signing import ENV_ALLOW_UNSIGNED, ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNED
 from tsr.kube.labels import PART_OF
 from tsr.kube.placement import arch_placement_affinity, as_toleration
 from tsr.kube.placement import parse_toleration as parse_toleration  # re-exported for tsr.kube.rollout
@@ -33,6 +34,14 @@ from tsr.kube.spec import DEFAULT_SERVICE_ACCOUNT as DEFAULT_SERVICE_ACCOUNT
 from tsr.kube.spec import DEPLOYMENT_MODES as DEPLOYMENT_MODES
 from tsr.kube.spec import LEGACY_DEPLOYMENT_MODES as LEGACY_DEPLOYMENT_MODES
 from tsr.kube.spec import SCALE_METRICS as SCALE_METRICS
+from tsr.kube.spec import SIGNING_KEY_DIR as SIGNING_KEY_DIR
+from tsr.kube.spec import SIGNING_KEY_PATH as SIGNING_KEY_PATH
+from tsr.kube.spec import SIGNING_PUBLIC_CONFIG_MAP as SIGNING_PUBLIC_CONFIG_MAP
+from tsr.kube.spec import SIGNING_PUBLIC_CONFIG_MAP_KEY as SIGNING_PUBLIC_CONFIG_MAP_KEY
+from tsr.kube.spec import SIGNING_PUBLIC_KEY_DIR as SIGNING_PUBLIC_KEY_DIR
+from tsr.kube.spec import SIGNING_PUBLIC_KEY_PATH as SIGNING_PUBLIC_KEY_PATH
+from tsr.kube.spec import SIGNING_SECRET as SIGNING_SECRET
+from tsr.kube.spec import SIGNING_SECRET_KEY as SIGNING_SECRET_KEY
 from tsr.kube.spec import InferenceServiceSpec as InferenceServiceSpec
 from tsr.kube.spec import _check_storage_uri as _check_storage_uri
 
@@ -91,6 +100,9 @@ PROMETHEUS_PORT_ENV = "KSERVE_CONTAINER_PROMETHEUS_METRICS_PORT"
 RUN_AS_USER = 10001  # the USER of serving/Dockerfile and the Helm chart
 
 
+SIGNING_PUBLIC_VOLUME = "model-signing-public"  # the predictor's volume of the public-key ConfigMap
+
+
 class DeployError(RuntimeError):
     """A deployment could not be carried out; the message says what to fix."""
 
@@ -143,12 +155,38 @@ def restricted_container_security(seccomp_profile: bool = False) -> k8s.V1Securi
     )
 
 
+def signing_env(allow_unsigned: bool = False) -> list[k8s.V1EnvVar]:
+    """The predictor's verification settings: the mounted public key, every directory signed (KServe's
+    /mnt/models), and the operator's opt-in for unsigned versions when given."""
+    env = [
+        k8s.V1EnvVar(name=ENV_PUBLIC_KEY, value=SIGNING_PUBLIC_KEY_PATH),
+        k8s.V1EnvVar(name=ENV_REQUIRE_SIGNED, value="1"),
+    ]
+    if allow_unsigned:
+        env.append(k8s.V1EnvVar(name=ENV_ALLOW_UNSIGNED, value="1"))
+    return env
+
+
+def signing_public_key_volume(config_map: str = SIGNING_PUBLIC_CONFIG_MAP) -> k8s.V1Volume:
+    """The public-key ConfigMap as a volume with its one key as a file (SIGNING_PUBLIC_KEY_PATH once mounted).
+    Not optional: without the ConfigMap or its key the pod does not start (a FailedMount event names it)."""
+    return k8s.V1Volume(
+        name=SIGNING_PUBLIC_VOLUME,
+        config_map=k8s.V1ConfigMapVolumeSource(
+            name=config_map,
+            items=[k8s.V1KeyToPath(key=SIGNING_PUBLIC_CONFIG_MAP_KEY, path=SIGNING_PUBLIC_CONFIG_MAP_KEY)],
+        ),
+    )
+
+
 def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceService:
     """The InferenceService for one registered version, from typed SDK models only.
 
     The custom container carries STORAGE_URI, which makes KServe inject its storage-initializer
     (credentials from the ServiceAccount's Secret) and mount the files at /mnt/models; the
-    predictor then loads that directory and never needs the store itself.
+    predictor then loads that directory and never needs the store itself. Before loading it verifies the
+    version's signature with the public key of the ConfigMap `spec.signing_public_key_config_map` (mounted
+    read-only; TSR_REQUIRE_SIGNED=1: an unsigned directory is refused unless `spec.allow_unsigned`).
     """
     annotations = {ANNOTATION_DEPLOYMENT_MODE: spec.deployment_mode}
     env = [
@@ -156,6 +194,7 @@ def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceServi
         # Everything the process writes goes to the /tmp emptyDir; the root filesystem is read-only.
         k8s.V1EnvVar(name="HOME", value="/tmp"),
         k8s.V1EnvVar(name=ENV_STATE_DIR, value="/tmp/tsr"),
+        *signing_env(spec.allow_unsigned),
     ]
     if spec.enable_prometheus_scraping:
         annotations[ANNOTATION_PROMETHEUS] = "true"
@@ -193,7 +232,10 @@ def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceServi
             failure_threshold=4,
         ),
         security_context=restricted_container_security(),
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        volume_mounts=[
+            k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+            k8s.V1VolumeMount(name=SIGNING_PUBLIC_VOLUME, mount_path=SIGNING_PUBLIC_KEY_DIR, read_only=True),
+        ],
     )
     predictor = V1beta1PredictorSpec(
         containers=[container],
@@ -208,7 +250,10 @@ def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceServi
         affinity=arch_placement_affinity(spec.arch, spec.arch_placement),
         tolerations=_tolerations(spec),
         security_context=restricted_pod_security(),  # fs_group: the storage-initializer's /mnt/models stays readable
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=spec.tmp_size_limit))],
+        volumes=[
+            k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=spec.tmp_size_limit)),
+            signing_public_key_volume(spec.signing_public_key_config_map),
+        ],
     )
     return V1beta1InferenceService(
         api_version=KSERVE_V1BETA1,

@@ -18,6 +18,7 @@ from typing import Any
 
 from serving.config import ServeConfig
 from tsr.core.registry import CHAMPION, DEFAULT_MODEL_NAME, check_name
+from tsr.core.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME
 from tsr.core.store import split_s3_uri
 from tsr.kube.labels import ARCH_LABEL, OS_LABEL
 from tsr.kube.placement import Toleration, as_toleration, check_arch, check_arch_placement
@@ -32,6 +33,35 @@ DEFAULT_SERVICE_ACCOUNT = "tsr-predictor"
 
 
 DEFAULT_HTTP_PORT = ServeConfig.http_port  # the predictor's own default port
+
+
+# Signed model versions (tsr.core.signing) in a cluster: the register step signs with the private key of the
+# Secret SIGNING_SECRET; every reader (the evaluate step, the predictor) verifies with the public key of the
+# ConfigMap SIGNING_PUBLIC_CONFIG_MAP. Each is mounted read-only as a directory whose file is named by its key
+# (docs/operator-guide.md "Model signing keys" creates both), and $TSR_SIGNING_KEY / $TSR_SIGNING_PUBLIC_KEY
+# name the file.
+SIGNING_SECRET = "tsr-model-signing"
+
+
+SIGNING_PUBLIC_CONFIG_MAP = "tsr-model-signing-public"
+
+
+SIGNING_SECRET_KEY = PRIVATE_KEY_NAME  # the Secret's key: the private key's PEM (PKCS#8 or SEC1)
+
+
+SIGNING_PUBLIC_CONFIG_MAP_KEY = PUBLIC_KEY_NAME  # the ConfigMap's key: the public key's PEM (SubjectPublicKeyInfo)
+
+
+SIGNING_KEY_DIR = "/etc/tsr/signing"  # the Secret's mount (register step)
+
+
+SIGNING_PUBLIC_KEY_DIR = "/etc/tsr/signing-public"  # the ConfigMap's mount (evaluate step, predictor)
+
+
+SIGNING_KEY_PATH = f"{SIGNING_KEY_DIR}/{SIGNING_SECRET_KEY}"
+
+
+SIGNING_PUBLIC_KEY_PATH = f"{SIGNING_PUBLIC_KEY_DIR}/{SIGNING_PUBLIC_CONFIG_MAP_KEY}"
 
 
 # How long a rollout (deploy, promote, rollback) waits for the InferenceService to become Ready.
@@ -116,6 +146,10 @@ class InferenceServiceSpec:
     arch_placement: str = "required"  # required: only those nodes; preferred: those first, others allowed
     # Toleration objects, or dicts of V1Toleration fields (key, operator, value, effect, tolerationSeconds)
     tolerations: tuple[Toleration | Mapping[str, Any], ...] = ()
+    # The ConfigMap holding the public key the predictor verifies every version with (TSR_REQUIRE_SIGNED=1).
+    signing_public_key_config_map: str = SIGNING_PUBLIC_CONFIG_MAP
+    # The operator's opt-in (TSR_ALLOW_UNSIGNED=1): serve unsigned versions too, with a warning at every load.
+    allow_unsigned: bool = False
 
     def __post_init__(self) -> None:
         self.deployment_mode = LEGACY_DEPLOYMENT_MODES.get(self.deployment_mode, self.deployment_mode)
@@ -123,7 +157,11 @@ class InferenceServiceSpec:
             raise ValueError(f"deployment_mode must be one of {DEPLOYMENT_MODES}, got {self.deployment_mode!r}")
         if len(self.name) > 63 or not _DNS1035.match(self.name):
             raise ValueError(f"name {self.name!r} must be a DNS-1035 label (a-z, 0-9, '-', starting with a letter)")
-        for what, value in (("namespace", self.namespace), ("service_account", self.service_account)):
+        for what, value in (
+            ("namespace", self.namespace),
+            ("service_account", self.service_account),
+            ("signing_public_key_config_map", self.signing_public_key_config_map),
+        ):
             if len(value) > 63 or not _DNS1123.match(value):
                 raise ValueError(f"{what} {value!r} must be a DNS-1123 label")
         _check_storage_uri(self.storage_uri)
