@@ -201,10 +201,10 @@ images:
 # `make images-local` (docs/images.md): buildah with project-local storage (.state/containers), a Debian stand-in
 # base when python:3.11.14-slim-bookworm cannot be pulled, PyPI's torch when the CPU index is unreachable (all
 # said in the log); docker-archive tars + sizes.json in .state/images. Needs root. Debian's packages, like prometheus.
-IMAGE_PACKAGES := debootstrap buildah runc skopeo curl qemu-user-static
+IMAGE_PACKAGES := debootstrap buildah runc skopeo curl
 images-tools:
 	@if command -v debootstrap >/dev/null && command -v buildah >/dev/null && command -v runc >/dev/null && \
-	  command -v skopeo >/dev/null && command -v curl >/dev/null && command -v qemu-aarch64-static >/dev/null; then :; \
+	  command -v skopeo >/dev/null && command -v curl >/dev/null; then :; \
 	elif command -v apt-get >/dev/null; then \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
 	  echo "installing Debian's $(IMAGE_PACKAGES) packages (make images-local)"; \
@@ -215,9 +215,22 @@ images-tools:
 	  echo "make images-local needs $(IMAGE_PACKAGES) (no apt-get here)"; exit 1; \
 	fi
 
+# qemu-user for arm64 code here (.ci/images/foreign-arch.sh): the static qemu-aarch64 of Debian's qemu-user 10.0
+# (bookworm-backports), unpacked from its package, pinned by sha256. Bookworm's qemu-user-static 7.2 runs Python
+# and pip, but `import torch` segfaults under it (oneDNN's CPU detection); docs/images.md.
+QEMU_DEB := qemu-user_10.0.2+ds-2+deb13u1~bpo12+1_amd64.deb
+QEMU_DEB_SHA256 := 10a2dec99f2b2d0b1097ff0375aea35b89322d6631fc96700511b02e05bf6fef
+$(TOOLS)/qemu-aarch64:
+	@mkdir -p $(TOOLS) && tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  curl -fsS --max-time 600 -o $$tmp/qemu.deb http://deb.debian.org/debian/pool/main/q/qemu/$(QEMU_DEB) || \
+	  { echo "error: could not download $(QEMU_DEB) from deb.debian.org (set TSR_QEMU_AARCH64 to a qemu-aarch64 >= 8)"; exit 1; }; \
+	  echo "$(QEMU_DEB_SHA256)  $$tmp/qemu.deb" | sha256sum -c --quiet || { echo "error: $(QEMU_DEB): sha256 mismatch"; exit 1; }; \
+	  dpkg-deb --fsys-tarfile $$tmp/qemu.deb | tar -x -C $$tmp ./usr/bin/qemu-aarch64 && \
+	  install -m 755 $$tmp/usr/bin/qemu-aarch64 $@.part && mv $@.part $@ && $@ --version | head -1
+
 # `make images-local PLATFORMS=linux/arm64` (or linux/amd64,linux/arm64): a PLATFORMS given on the command line wins
 # over LOCAL_PLATFORMS; a foreign one is built under qemu-user (.ci/images/foreign-arch.sh), into .state/images/<arch>/.
-images-local: images-tools
+images-local: images-tools $(if $(findstring arm64,$(if $(filter command line,$(origin PLATFORMS)),$(PLATFORMS),$(LOCAL_PLATFORMS))),$(TOOLS)/qemu-aarch64)
 	TAG=$(TAG) PLATFORMS=$(if $(filter command line,$(origin PLATFORMS)),$(PLATFORMS),$(LOCAL_PLATFORMS)) \
 	  PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
 
@@ -230,7 +243,7 @@ images-build: images-tools
 # Dockerfiles under qemu-user (.ci/images/build.sh, cached), then tests/arm64 runs their own code in arm64 containers
 # (.ci/images/foreign-run.sh) against the same code here, and prints one JSON line. Needs root; not part of make test.
 ARM64_SUMMARY := .state/arm64-smoke/arm64-smoke.json
-arm64-smoke: venv images-tools $(TOOLS)/minio
+arm64-smoke: venv images-tools $(TOOLS)/minio $(TOOLS)/qemu-aarch64
 	TAG=$(TAG) PLATFORMS=linux/arm64 PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
 	@rm -f $(ARM64_SUMMARY)
 	@$(PY) -m pytest -q -m arm64 tests/arm64; status=$$?; \

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # foreign-arch.sh ARCH CMD...: run CMD as root of a new user + mount namespace (uids/gids 0-65535 mapped to
-# themselves, so files keep their owners) in which the kernel runs ARCH's ELF binaries through Debian's
-# qemu-user-static. The registration lives in a binfmt_misc mounted inside that user namespace (kernel >= 6.7),
+# themselves, so files keep their owners) in which the kernel runs ARCH's ELF binaries through qemu-user: Debian's
+# qemu-user 10.0 (bookworm-backports), a static binary `make` unpacks to .tools/bin/qemu-aarch64 (TSR_QEMU_AARCH64
+# overrides it). Bookworm's own qemu-user-static 7.2 runs Python and pip, but `import torch` segfaults under it
+# (oneDNN's CPU detection, which cannot read the host's MIDR_EL1); under 10.0 that is a warning. The registration lives in a binfmt_misc mounted inside that user namespace (kernel >= 6.7),
 # with flag F (the interpreter is opened at registration, so it works inside chroots and build containers too):
 # the host's binfmt_misc is neither mounted nor changed. Used by build.sh for PLATFORMS=linux/arm64 and by
 # `make arm64-smoke`. Needs root (to write the id maps).
@@ -10,13 +12,13 @@ arch=${1:?usage: foreign-arch.sh ARCH CMD...}
 shift
 case $arch in
   arm64)
-    qemu=/usr/bin/qemu-aarch64-static
+    qemu=${TSR_QEMU_AARCH64:-$(cd "$(dirname "$0")/../.." && pwd)/.tools/bin/qemu-aarch64}
     magic='\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
     mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
     ;;
   *) echo "error: foreign-arch.sh: no emulation set up for $arch (only arm64)" >&2; exit 1 ;;
 esac
-[ -x "$qemu" ] || { echo "error: $qemu not found (Debian's qemu-user-static: make images-tools installs it)" >&2; exit 1; }
+[ -x "$qemu" ] || { echo "error: $qemu not found (make arm64-smoke / images-local PLATFORMS=linux/arm64 unpacks it; or set TSR_QEMU_AARCH64)" >&2; exit 1; }
 
 if [ "${TSR_FOREIGN_ARCH:-}" = "$arch" ]; then
   # inside: register the interpreter, then run the command
