@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from components.ingest.ingest import IngestConfig, ingest
 from components.optimize.optimize import optimize
 from components.train.train import TrainConfig, train, write_model
+from tests.conftest import wait_until_ok
 from tests.e2e_summary import recorded
 from tests.kfp_pods import ARTIFACT_SECRET, Pipeline, artifact_store, executor_input, read_object
 from tsr.core.config import StoreConfig
@@ -378,16 +379,9 @@ def test_predictor_serves_a_signed_version_on_arm64(prepared: Fixture, summary: 
     )  # fmt: skip
     assert isinstance(proc, subprocess.Popen)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
-            while True:
-                assert proc.poll() is None, f"the arm64 predictor exited {proc.returncode}: {log.read_text()[-3000:]}"
-                try:
-                    if http.get(f"/v2/models/{MODEL}/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() - started < COMMAND_TIMEOUT_S, f"not ready: {log.read_text()[-3000:]}"
-                time.sleep(3)
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ok(proc, f"{base}/v2/models/{MODEL}/ready", "the arm64 predictor", COMMAND_TIMEOUT_S, log, 3.0, 30.0)
+        with httpx.Client(base_url=base, timeout=120) as http:
             summary["emulated_seconds"]["predictor_ready"] = round(time.monotonic() - started, 1)
             body = {"instances": [{"b64": base64.b64encode(_png(prepared.images[i])).decode()} for i in right]}
             answer = http.post(f"/v1/models/{MODEL}:predict", json=body)
