@@ -230,9 +230,9 @@ $(TOOLS)/qemu-aarch64:
 
 # `make images-local PLATFORMS=linux/arm64` (or linux/amd64,linux/arm64): a PLATFORMS given on the command line wins
 # over LOCAL_PLATFORMS; a foreign one is built under qemu-user (.ci/images/foreign-arch.sh), into .state/images/<arch>/.
-images-local: images-tools $(if $(findstring arm64,$(if $(filter command line,$(origin PLATFORMS)),$(PLATFORMS),$(LOCAL_PLATFORMS))),$(TOOLS)/qemu-aarch64)
-	TAG=$(TAG) PLATFORMS=$(if $(filter command line,$(origin PLATFORMS)),$(PLATFORMS),$(LOCAL_PLATFORMS)) \
-	  PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
+IMAGES_LOCAL_PLATFORMS = $(if $(filter command line,$(origin PLATFORMS)),$(PLATFORMS),$(LOCAL_PLATFORMS))
+images-local: images-tools $(if $(findstring arm64,$(IMAGES_LOCAL_PLATFORMS)),$(TOOLS)/qemu-aarch64)
+	TAG=$(TAG) PLATFORMS=$(IMAGES_LOCAL_PLATFORMS) PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh
 
 # What `make test` builds (the pods tier does not fit CI's time): the same images without archives or sizes, for
 # tests/serving/test_image_runc.py, which runs the predictor image once under runc. Needs root, like images-local.
