@@ -57,6 +57,9 @@ def seed_row(result: TrainResult, val: Split, seed: int, test: Split | None = No
         "worst_class": metrics.worst_class(result.config.class_names),
         "ece": round(metrics.ece, 5) if metrics.ece is not None else None,  # after calibration
         "ece_before_calibration": calibration.get("ece_before"),
+        # T fitted on the other half of the validation tracks (tsr.core.calibration.cross_fitted_ece).
+        "ece_cross_fitted": calibration.get("ece_cross_fitted"),
+        "precision": result.config.train_params.get("precision_used"),
         "temperature": result.config.temperature,
         "train_seconds": round(result.train_seconds, 1),
         "images_per_second": round(result.images_per_second, 1),
@@ -93,6 +96,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     eces = [r["ece"] for r in rows if r.get("ece") is not None]
     out["ece"] = spread(eces) if eces else None
+    crossed = [r["ece_cross_fitted"] for r in rows if r.get("ece_cross_fitted") is not None]
+    out["ece_cross_fitted"] = spread(crossed) if crossed else None
     tests = [r["test_accuracy"] for r in rows if "test_accuracy" in r]
     if tests:
         out["test_accuracy"] = spread(tests)

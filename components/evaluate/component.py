@@ -19,7 +19,7 @@ def evaluate_component(
     min_accuracy: float = 0.95,
     champion_tolerance: float = 0.005,
     test_data: str = "",
-    min_class_accuracy: float = 0.7,
+    min_class_accuracy: float = 0.9,
     allow_unsigned: bool = False,
 ) -> str:
     """Evaluate on the validation split (and a GTSRB test dir if given); returns the gate, "pass" or "fail".

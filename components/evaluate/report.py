@@ -236,12 +236,16 @@ def _calibration_section(evaluation: dict[str, Any]) -> str:
         "the diagonal. ECE is the gap averaged over the bins, weighted by how many predictions each holds. "
         "The served probability is softmax(logits / T), with T fitted on the validation split at the end of "
         "training (T = 1: not calibrated), so the confidence alert and clients read honest numbers; because "
-        "T is fitted on this same split, the ECE here is optimistic, and the test split's is the unbiased one.</p>"
+        "T is fitted on this same split, the ECE here is optimistic; the cross-fitted ECE (each half of the "
+        "validation tracks scored with the T fitted on the other half) and the test split's are not.</p>"
     )
     rows = [
         ("temperature (T)", _esc(f"{temperature:g}" if temperature is not None else "–")),
         ("validation ECE", f"{val['ece']:.4f}" if val.get("ece") is not None else "–"),
     ]
+    crossed = ((_extras(evaluation).get("history") or {}).get("calibration") or {}).get("ece_cross_fitted")
+    if crossed is not None:
+        rows.append(("validation ECE, cross-fitted (T from the other half of the tracks)", f"{crossed:.4f}"))
     test = evaluation.get("test") or {}
     if test.get("ece") is not None:
         rows.append(("test ECE", f"{test['ece']:.4f}"))

@@ -52,8 +52,9 @@ def train_component(
     metrics.log_metric("images_per_second", round(result.images_per_second, 1))
     metrics.log_metric("final_val_accuracy", round(result.history[-1].val_accuracy, 5))
     if result.calibration:  # temperature scaling on the validation split (train.calibrate)
-        for key in ("temperature", "ece_before", "ece_after"):
-            metrics.log_metric(f"calibration_{key}", result.calibration[key])
+        for key in ("temperature", "ece_before", "ece_after", "ece_cross_fitted"):
+            if result.calibration.get(key) is not None:
+                metrics.log_metric(f"calibration_{key}", result.calibration[key])
         print(
             f"calibration: temperature {result.calibration['temperature']:.4f}, "
             f"ECE {result.calibration['ece_before']:.4f} -> {result.calibration['ece_after']:.4f}",

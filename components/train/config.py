@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from tsr.core.architectures import DEFAULT_ARCH, is_known_arch
 from tsr.core.validation import InvalidParameter, check_choice, check_range
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -28,7 +30,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     threads: int = 0  # 0 = every core torch sees
-    contrast: str = "equalize"
+    contrast: str = "clahe"  # tsr.core.preprocessing.CONTRAST_MODES; docs/model.md has what each measured
     augment: bool = True
     rotate_deg: float = 15.0
     scale: float = 0.15
@@ -38,6 +40,11 @@ class TrainConfig:
     contrast_jitter: float = 0.0  # ... and scale them about the image's mean by a factor in 1 +- this
     balance: float = 0.0  # class sampling: each image drawn with weight count(class) ** -balance (0 = plain shuffle)
     ema: float = 0.0  # decay of an exponential moving average of the weights, which is the model returned (0 = off)
+    # "bf16": convolutions in bfloat16 under autocast, weights and their updates in float32 (about twice the
+    # images per second where the CPU has bf16 instructions); "fp32": float32 throughout; "auto": bf16 where
+    # the CPU has native bf16 instructions (tsr.core.backend.native_bf16), else fp32. Evaluation, calibration
+    # and serving are always float32.
+    precision: str = "auto"
     export_program: bool = True
 
     def __post_init__(self) -> None:
@@ -64,3 +71,4 @@ class TrainConfig:
         check_range("contrast_jitter", self.contrast_jitter, low=0.0, high=1.0)
         check_range("balance", self.balance, low=0.0, high=1.0)
         check_range("ema", self.ema, low=0.0, high=1.0, high_open=True)
+        check_choice("precision", self.precision, list(PRECISIONS))

@@ -52,8 +52,9 @@ def test_every_seed_trains_once_and_is_summarised() -> None:
     for row in rows:
         assert 0 <= row["val_accuracy"] <= 1 and row["train_seconds"] >= 0 and row["temperature"] > 0
         assert row["worst_class"]["class_name"] in {"a", "b", "c"} and 0 <= row["ece"] <= 1
-        assert row["ece_before_calibration"] is not None
+        assert row["ece_before_calibration"] is not None and 0 <= row["ece_cross_fitted"] <= 1
     assert summary["val_accuracy"]["min"] <= summary["val_accuracy"]["mean"] <= summary["val_accuracy"]["max"]
     assert summary["ece"] is not None and summary["worst_class"] is not None
+    assert summary["ece_cross_fitted"]["max"] == pytest.approx(max(r["ece_cross_fitted"] for r in rows), abs=1e-5)
     with pytest.raises(ValueError, match="seed"):
         run_seeds(data, data, ["a", "b", "c"], cfg, [])

@@ -103,6 +103,7 @@ def test_evaluation_gathers_what_the_report_needs(evaluation: dict[str, Any], da
     # Calibration: the trained model's temperature, the ECE and reliability bins of its served probabilities.
     val = evaluation["validation"]
     assert evaluation["temperature"] == extras["history"]["calibration"]["temperature"] != 1.0
+    assert 0 <= extras["history"]["calibration"]["ece_cross_fitted"] <= 1
     assert 0 <= val["ece"] <= 1 and len(val["reliability"]) == 15
     assert sum(b["count"] for b in val["reliability"]) == val["n"]
     worst_class = evaluation["worst_class"]
@@ -164,6 +165,8 @@ def test_html_report_has_every_section_embedded_and_nothing_external(evaluation:
     assert "Speed limit (20km/h)" in page  # the per-class table
     assert f"gate: {evaluation['gate']['result']}" in page
     assert f"{evaluation['validation']['ece']:.4f}" in page and "worst class" in page
+    crossed = evaluation["report"]["history"]["calibration"]["ece_cross_fitted"]
+    assert f"cross-fitted (T from the other half of the tracks)</th><td>{crossed:.4f}" in page
 
 
 def test_markdown_summary_has_the_key_numbers(evaluation: dict[str, Any]) -> None:

@@ -134,6 +134,29 @@ def test_training_with_balance_and_weight_average(small_dataset: Path) -> None:
     assert result.config.train_params["ema"] == 0.9 and result.config.train_params["balance"] == 0.5
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_training_precision_is_recorded_and_the_model_is_float32(small_dataset: Path, precision: str) -> None:
+    """bf16 is autocast for the training steps only: the weights, the returned model and its calibration stay
+    float32, so serving (always float32) runs the model that was validated."""
+    tr, va = load_split(small_dataset / TRAIN_FILE), load_split(small_dataset / VAL_FILE)
+    cfg = TrainConfig(epochs=2, width=8, threads=1, batch_size=64, lr=0.1, precision=precision)
+    result = train(tr, va, [str(i) for i in range(43)], cfg, show_progress=False)
+    assert result.config.train_params["precision_used"] == precision
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_auto_precision_follows_the_cpus_bf16_instructions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.train import train as train_module
+    from tsr.core import backend
+
+    monkeypatch.setattr(backend, "native_bf16", lambda: True)
+    assert train_module.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(backend, "native_bf16", lambda: False)
+    assert train_module.resolve_precision("auto") == "fp32"
+    assert train_module.resolve_precision("bf16") == "bf16"
+
+
 def test_torchvision_architecture_by_name(small_dataset: Path) -> None:
     tr, va = load_split(small_dataset / TRAIN_FILE), load_split(small_dataset / VAL_FILE)
     tr = tr.subset(torch.arange(0, 64))
@@ -156,6 +179,8 @@ def test_bad_training_parameters() -> None:
         TrainConfig(ema=1.0)
     with pytest.raises(ValueError, match="balance"):
         TrainConfig(balance=2.0)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
     from tsr.core.models import build_model
 
     with pytest.raises(ValueError, match="unknown architecture 'resnet9000'"):

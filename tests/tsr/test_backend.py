@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from tsr.core.backend import backend_report, parse_build_settings, parse_parallel_info, summary
+from tsr.core.backend import backend_report, cpu_flags, native_bf16, parse_build_settings, parse_parallel_info, summary
 from tsr.local.checkout import REPO_ROOT
 
 EXPECTED_KEYS = {
@@ -105,3 +105,14 @@ def test_module_prints_json_and_summary() -> None:
     assert report["torch"] == torch.__version__
     assert report["machine"] == platform.machine()
     assert result.stderr.strip().splitlines()[-1] == summary(report)
+
+
+def test_native_bf16_reads_the_cpu_flags() -> None:
+    """x86 names bf16 in "flags" (avx512_bf16, amx_bf16), arm64 in "Features" (bf16); without either, False."""
+    xeon = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\nprocessor\t: 1\n"
+    epyc_zen3 = "flags\t\t: fpu sse avx2 fma\n"
+    graviton3 = "Features\t: fp asimd sve bf16 i8mm\n"
+    assert cpu_flags(xeon) == {"fpu", "sse", "avx512f", "amx_bf16", "amx_tile"}
+    assert native_bf16(xeon) and native_bf16(graviton3)
+    assert not native_bf16(epyc_zen3) and not native_bf16("")
+    assert backend_report()["native_bf16"] == native_bf16()

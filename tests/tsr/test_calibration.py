@@ -11,6 +11,7 @@ import torch
 from tests.conftest import make_model_dir
 from tsr.core.calibration import (
     calibration_summary,
+    cross_fitted_ece,
     expected_calibration_error,
     fit_temperature,
     nll,
@@ -56,6 +57,22 @@ def test_summary_records_temperature_and_ece_before_and_after() -> None:
     assert summary["temperature"] > 1.0 and summary["ece_after"] < summary["ece_before"]
     assert summary["nll_after"] < summary["nll_before"] and summary["n"] == 4000 and summary["bins"] == 15
     assert fit_temperature(torch.empty(0, 3), torch.empty(0, dtype=torch.long)) == 1.0
+
+
+def test_cross_fitted_ece_uses_temperatures_fitted_on_the_other_tracks() -> None:
+    """Tracks dealt into two folds; each fold is scored with the T of the other. Where every track needs the same
+    T it is as low as the in-sample figure; where the folds need different ones, only it shows the cost."""
+    logits, labels = _calibrated_set(n=8000)
+    groups = torch.arange(8000) // 100  # 80 "tracks" of 100 images
+    same = calibration_summary(logits * 3.0, labels, groups=groups)
+    assert same["ece_cross_fitted"] < 0.02 and same["ece_cross_fitted"] == pytest.approx(same["ece_after"], abs=0.01)
+    # Odd tracks (one fold) three times too confident, even ones calibrated: one T cannot serve both.
+    odd = (groups % 2 == 1).view(-1, 1)
+    mixed = torch.where(odd, logits * 3.0, logits)
+    crossed = cross_fitted_ece(mixed, labels, groups)
+    assert crossed is not None and crossed > calibration_summary(mixed, labels)["ece_after"] + 0.02
+    assert cross_fitted_ece(logits, labels, torch.zeros(8000, dtype=torch.long)) is None  # one track: no folds
+    assert "ece_cross_fitted" not in calibration_summary(logits, labels)
 
 
 def test_reliability_bins_are_equal_width_with_confidence_and_accuracy() -> None:

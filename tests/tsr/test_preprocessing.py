@@ -11,6 +11,7 @@ from tsr.core.preprocessing import (
     ImageDecodeError,
     PreprocessConfig,
     channel_stats,
+    clahe,
     decode_image,
     finish_image,
     float_chw_to_uint8,
@@ -70,10 +71,39 @@ def test_equalize_spreads_a_dark_image_over_the_full_range() -> None:
     assert float(prepare(dark, PreprocessConfig(contrast="none")).max()) < 0.16
 
 
-def test_prepare_is_per_image_and_its_uint8_step_is_the_same_path() -> None:
+def test_clahe_stretches_each_region_by_its_own_histogram() -> None:
+    """A dark low-contrast half beside a bright one: CLAHE stretches the dark half, and what it makes of the
+    outer columns depends on their own tile only, while global equalization changes them when the far half
+    changes."""
+    gen = torch.Generator().manual_seed(0)
+    img = torch.empty(1, 3, 32, 32, dtype=torch.uint8)
+    img[..., :16] = torch.randint(10, 30, (1, 3, 32, 16), generator=gen, dtype=torch.uint8)
+    img[..., 16:] = torch.randint(200, 250, (1, 3, 32, 16), generator=gen, dtype=torch.uint8)
+    other = img.clone()
+    other[..., 16:] = torch.randint(100, 250, (1, 3, 32, 16), generator=gen, dtype=torch.uint8)
+    local = clahe(img)
+    assert local.shape == img.shape and local.dtype == torch.uint8
+    assert local[..., :8].float().std() > 3 * img[..., :8].float().std()
+    # Columns 0-3 lie outside the first tile centre (x = 3.5): only the first tile column maps them.
+    assert torch.equal(clahe(other)[..., :4], local[..., :4])
+    equalize = PreprocessConfig(contrast="equalize")
+    assert not torch.equal(prepare_uint8(other, equalize)[..., :4], prepare_uint8(img, equalize)[..., :4])
+
+
+def test_clahe_is_monotone_within_a_tile_and_flat_stays_flat() -> None:
+    """One tile (8x8): a single mapping, so brighter never becomes darker; a constant image stays constant."""
+    ramp = torch.arange(64, dtype=torch.uint8).mul(3).view(1, 1, 8, 8).expand(1, 3, 8, 8).contiguous()
+    out = clahe(ramp).flatten(2)
+    assert torch.all(out[..., 1:] >= out[..., :-1])
+    flat = clahe(torch.full((2, 3, 32, 32), 77, dtype=torch.uint8))
+    assert torch.all(flat == flat[0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("contrast", ["equalize", "clahe", "none"])
+def test_prepare_is_per_image_and_its_uint8_step_is_the_same_path(contrast: str) -> None:
     """Training applies `prepare_uint8` once to the whole split; that must equal `prepare` of any batch."""
     batch = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
-    cfg = PreprocessConfig(contrast="equalize")
+    cfg = PreprocessConfig(contrast=contrast)
     whole = prepare_uint8(batch, cfg)
     assert whole.dtype == torch.uint8 and whole.shape == (6, 3, 32, 32)
     assert torch.equal(whole.float().div(255.0), prepare(batch, cfg))
@@ -108,7 +138,7 @@ def test_config_round_trips_and_validates() -> None:
     cfg = PreprocessConfig(image_size=48, contrast="none", mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="contrast"):
-        PreprocessConfig(contrast="clahe")
+        PreprocessConfig(contrast="retinex")
 
 
 def _encoded(fmt: str, mode: str = "RGB") -> bytes:

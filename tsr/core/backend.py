@@ -85,6 +85,30 @@ def bundled_math_libs(lib_dir: Path) -> list[str]:
     return sorted(p.name for p in lib_dir.iterdir() if _MATH_LIB_RE.search(p.name))
 
 
+# /proc/cpuinfo flags of CPUs that compute in bfloat16 natively: x86's AVX512-BF16 and AMX, arm64's BF16.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first CPU in a /proc/cpuinfo text ("flags" on x86, "Features" on arm64)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in {"flags", "Features"}:
+            return set(value.split())
+    return set()
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bfloat16 instructions: where it has none, oneDNN emulates bf16 and training under
+    bf16 autocast gets slower, not faster, so `precision="auto"` trains in float32 there."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return bool(cpu_flags(cpuinfo) & BF16_CPU_FLAGS)
+
+
 def backend_report() -> dict[str, Any]:
     """Everything that decides CPU inference speed: arch, torch build, math libraries, SIMD level, threads."""
     import torch
@@ -102,6 +126,7 @@ def backend_report() -> dict[str, Any]:
         "torch_wheel_variant": local_label or "none",
         "cuda_build": torch.version.cuda,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(),
         "mkldnn_available": torch.backends.mkldnn.is_available(),
         "mkl_available": torch.backends.mkl.is_available(),
         "openmp_available": torch.backends.openmp.is_available(),
