@@ -19,6 +19,7 @@ EXPECTED_KEYS = {
     "torch_wheel_variant",
     "cuda_build",
     "cpu_capability",
+    "native_bf16",
     "mkldnn_available",
     "mkl_available",
     "openmp_available",
