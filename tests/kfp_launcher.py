@@ -73,14 +73,20 @@ def download(client: Minio, uri: str) -> int:
 
 
 def upload(client: Minio, uri: str) -> int:
-    """The local file, or every file under the local directory, to the artifact's URI."""
+    """The local file, or every file under the local directory, to the artifact's URI.
+
+    A step may write no file for an output: KFP's launcher logs "Local filepath ... does not exist" and goes on
+    (a ClassificationMetrics artifact such as the evaluate step's `confusion` lives in the executor output's
+    metadata only), so this does the same and uploads nothing (0 objects).
+    """
     bucket, key = split_uri(uri)
     source = local_path(uri)
     if source.is_file():
         client.fput_object(bucket, key, str(source))
         return 1
     if not source.is_dir():
-        raise FileNotFoundError(f"output artifact {uri}: the step wrote nothing at {source}")
+        print(f"launcher: output artifact {uri}: local path {source} does not exist (KFP allows it)", flush=True)
+        return 0
     count = 0
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         client.fput_object(bucket, f"{key}/{path.relative_to(source).as_posix()}", str(path))
