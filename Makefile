@@ -41,7 +41,7 @@ AUDIT_VENV := $(CURDIR)/.state/tools/pip-audit
 AUDIT_TIMEOUT ?= 600
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: audit images-build help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test arm64-smoke actionlint node-tools node-debs cluster-e2e cluster-up
+.PHONY: audit images-build help venv tools cluster-tools etcd crds prometheus wrk soak fuzz monitoring manifests bench-train bench-serving demo test test-fast lint typecheck compile bench clean clean-state images images-tools images-local images-test arm64-smoke actionlint node-tools node-debs cluster-e2e cluster-up arm64-node
 
 help:
 	@echo "make demo   - run the whole platform locally (MinIO, pipeline, registry, predictor, requests)"
@@ -61,6 +61,7 @@ help:
 	@echo "make cluster-tools - kube-apiserver/controller-manager/scheduler/kubectl, the KServe controller, etcd (pytest -m cluster)"
 	@echo "make node-tools - kubelet, containerd + ctr + runc shim, the pause and test images, runc/CNI/socat (pytest -m node)"
 	@echo "make cluster-e2e - the node tier: control plane + KServe + a real node in namespaces (tests/node)"
+	@echo "make arm64-node - an arm64 node (kubelet + pods under qemu-user) beside the amd64 one: the predictor placed there answers"
 	@echo "make cluster-up - a control plane + KServe + a node for you: prints a kubeconfig path, Ctrl-C stops it"
 	@echo "make crds   - fetch the KServe + prometheus-operator CRDs the tests validate against (.tools/crds)"
 	@echo "make actionlint - lint .github/workflows with actionlint (built with go install)"
@@ -337,18 +338,22 @@ $(TOOLS)/.stamp-containerd-$(CONTAINERD_VERSION):
 	  $(addprefix github.com/containerd/containerd/v2/cmd/,$(addsuffix @$(CONTAINERD_VERSION),containerd ctr containerd-shim-runc-v2))
 	@rm -f $(TOOLS)/.stamp-containerd-* && touch $@
 
-# pause.c at the kubelet's release (its Makefile's TAG names the image, registry.k8s.io/pause:<TAG>, the name
-# containerd expects); pause.ref records it for the test fixture.
-$(NODE_DIR)/.stamp-images-$(KUBE_VERSION): .ci/node/nettest.c .ci/node/image.sh | node-debs
-	@mkdir -p $(NODE_DIR)/images
-	src=$$(go mod download -json k8s.io/kubernetes@$(KUBE_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && \
-	[ -d "$$src" ] && tag=$$(sed -n 's/^TAG ?= *//p' $$src/build/pause/Makefile) && [ -n "$$tag" ] && \
-	gcc -Os -Wall -Werror -static -DVERSION=v$$tag-tsr -o $(NODE_DIR)/pause $$src/build/pause/linux/pause.c && \
-	.ci/node/image.sh $(NODE_DIR)/pause registry.k8s.io/pause:$$tag $(NODE_DIR)/images/pause.tar && \
-	echo registry.k8s.io/pause:$$tag > $(NODE_DIR)/pause.ref
-	gcc -Os -Wall -Werror -static -o $(NODE_DIR)/nettest .ci/node/nettest.c
-	.ci/node/image.sh $(NODE_DIR)/nettest tsr.local/nettest:1 $(NODE_DIR)/images/nettest.tar
+# The pause and test images (.ci/node/images.sh): pause.c at the kubelet's release and .ci/node/nettest.c, static,
+# as docker-archives with pause.ref naming the pause image; for amd64 with gcc, for the arm64 node (make arm64-node)
+# cross-compiled with Debian's aarch64-linux-gnu-gcc.
+NODE_IMAGE_INPUTS := .ci/node/nettest.c .ci/node/image.sh .ci/node/images.sh
+$(NODE_DIR)/.stamp-images-$(KUBE_VERSION): $(NODE_IMAGE_INPUTS) | node-debs
+	.ci/node/images.sh amd64 gcc $(NODE_DIR)/images $(KUBE_VERSION)
 	@rm -f $(NODE_DIR)/.stamp-images-* && touch $@
+
+NODE_ARM64_DEBS := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+$(NODE_DIR)/.stamp-arm64-images-$(KUBE_VERSION): $(NODE_IMAGE_INPUTS) | node-debs
+	@command -v aarch64-linux-gnu-gcc >/dev/null || { sudo=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  echo "installing Debian's $(NODE_ARM64_DEBS) (the arm64 node's pause and test images)"; \
+	  $$sudo apt-get install -y -qq --no-install-recommends $(NODE_ARM64_DEBS) >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $(NODE_ARM64_DEBS) >/dev/null; }; }
+	.ci/node/images.sh arm64 aarch64-linux-gnu-gcc $(NODE_DIR)/images-arm64 $(KUBE_VERSION)
+	@rm -f $(NODE_DIR)/.stamp-arm64-images-* && touch $@
 
 node-debs:
 	@if command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] && command -v socat >/dev/null && \
@@ -366,6 +371,15 @@ node-debs:
 node-tools: node-debs $(TOOLS)/.stamp-kubelet-$(KUBE_VERSION) $(TOOLS)/.stamp-containerd-$(CONTAINERD_VERSION) \
   $(NODE_DIR)/.stamp-images-$(KUBE_VERSION)
 
+# The arm64 node's kubelet: the same module and ldflags, built for arm64 (Go cross-compiles; no cgo), run under
+# qemu-user in the node. The kubelet labels its Node kubernetes.io/arch with its own GOARCH, and only that.
+$(TOOLS)/.stamp-arm64-kubelet-$(KUBE_VERSION): .ci/kube/go.mod .ci/kube/go.sum
+	@mkdir -p $(TOOLS)/linux-arm64
+	@echo "building the kubelet $(KUBE_VERSION) for linux/arm64 with go build (first time: several minutes)"
+	cd .ci/kube && CGO_ENABLED=0 GOARCH=arm64 go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(TOOLS)/linux-arm64/ \
+	  k8s.io/kubernetes/cmd/kubelet
+	@rm -f $(TOOLS)/.stamp-arm64-kubelet-* && touch $@
+
 # The node tier: the control plane of the cluster tier plus a real node (tests/cluster_node.py); not in `make test`.
 # The predictor's end-to-end test (tests/node/test_predictor_e2e.py) takes its images from make images-local
 # (TSR_IMAGES_DIR, default .state/images); tests/node/test_pipeline_steps.py runs ingest and train as pods from the
@@ -375,7 +389,19 @@ E2E_SUMMARIES := .state/cluster-e2e
 # (archives built elsewhere) that step is skipped.
 cluster-e2e: venv node-tools cluster-tools $(if $(TSR_IMAGES_DIR),,images-local)
 	@rm -f $(E2E_SUMMARIES)/*.json
-	@$(PY) -m pytest -q -m node tests/node; status=$$?; $(PY) -m tests.e2e_summary; exit $$status
+	@$(PY) -m pytest -q -m "node and not arm64" tests/node; status=$$?; $(PY) -m tests.e2e_summary; exit $$status
+
+# The arm64 node (tests/node/arm64; docs/images.md "arm64 here, under emulation"): a second node whose kubelet and
+# containers are arm64 code under qemu-user, beside the amd64 one; the predictor is deployed with the arm64
+# placement, lands there and answers. Its images: the arm64 ones (build.sh, cached; with TSR_IMAGES_DIR set, taken
+# from $$TSR_IMAGES_DIR/arm64 instead). Needs root; not part of make test or cluster-e2e. Prints one JSON line.
+ARM64_NODE_SUMMARY := .state/cluster-e2e/arm64-node.json
+arm64-node: venv node-tools cluster-tools images-tools $(TOOLS)/minio $(TOOLS)/qemu-aarch64 \
+  $(TOOLS)/.stamp-arm64-kubelet-$(KUBE_VERSION) $(NODE_DIR)/.stamp-arm64-images-$(KUBE_VERSION)
+	$(if $(TSR_IMAGES_DIR),,TAG=$(TAG) PLATFORMS=linux/arm64 PYTHON_IMAGE=$(PYTHON_IMAGE) .ci/images/build.sh)
+	@rm -f $(ARM64_NODE_SUMMARY)
+	@$(PY) -m pytest -q -m node tests/node/arm64; status=$$?; \
+	  if [ -f $(ARM64_NODE_SUMMARY) ]; then cat $(ARM64_NODE_SUMMARY); else echo '{"arm64_node": null}'; fi; exit $$status
 
 # A control plane + KServe + a node for people: prints a kubeconfig path, runs until Ctrl-C.
 cluster-up: venv node-tools cluster-tools

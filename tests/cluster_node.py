@@ -63,7 +63,24 @@ from tsr.core.processes import free_port, stop_child
 from tsr.local.checkout import REPO_ROOT
 
 NODE_DIR = REPO_ROOT / ".tools" / "node"
-NODE_IMAGES = NODE_DIR / "images"  # docker-archives built by make node-tools: pause.tar, nettest.tar
+NODE_IMAGES = NODE_DIR / "images"  # built by make node-tools (.ci/node/images.sh): pause.tar, nettest.tar, pause.ref
+# The node's own images per architecture: an arm64 node's are cross-compiled (make arm64-node).
+NODE_IMAGES_BY_ARCH = {"amd64": NODE_IMAGES, "arm64": NODE_DIR / "images-arm64"}
+HOST_ARCH = "amd64"  # the architecture of this machine, its containerd and runc
+# The kubelet labels its Node `kubernetes.io/arch` with its own GOARCH and puts the label back on every status
+# update (--node-labels cannot change it): an arm64 node's kubelet is built for arm64 (make arm64-node) and runs
+# under qemu-user like its containers.
+FOREIGN_KUBELET = {"arm64": TOOLS_BIN / "linux-arm64" / "kubelet"}
+# arm64 ELF binaries run through qemu-user: the binfmt_misc registration .ci/images/foreign-arch.sh makes, here in
+# the node's user namespace (kernel >= 6.7) so that every container of the node inherits it. Flag F: the kernel
+# opens the interpreter at registration, so containers need no qemu in their filesystem.
+QEMU_AARCH64 = Path(os.environ.get("TSR_QEMU_AARCH64", TOOLS_BIN / "qemu-aarch64"))
+BINFMT_ARM64 = (
+    ":tsr-arm64:M::"
+    r"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:"
+    r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:"
+    "{interpreter}:F"
+)
 NETTEST_IMAGE = "tsr.local/nettest:1"  # .ci/node/nettest.c: serve / get / cat / sleep
 NODE_BINARIES = ("kubelet", "containerd", "ctr", "containerd-shim-runc-v2")
 SYSTEM_TOOLS = ("runc", "socat", "unshare", "nsenter", "ip", "mount")
@@ -89,7 +106,10 @@ while not open("/proc/self/uid_map").read().strip():
     time.sleep(0.01)
 for d in ("/var/lib", "/var/log", "/run"):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", d], check=True)
-ip, prefix, service_ip, ready = sys.argv[1:5]
+ip, prefix, service_ip, ready, binfmt = sys.argv[1:6]
+if binfmt:  # a foreign-arch node: its interpreter, registered in this user namespace's own binfmt_misc
+    subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"], check=True)
+    open("/proc/sys/fs/binfmt_misc/register", "w").write(binfmt)
 for cmd in (
     ["ip", "link", "set", "lo", "up"],
     ["ip", "addr", "add", service_ip + "/32", "dev", "lo"],
@@ -107,8 +127,8 @@ while True:
 """
 
 
-def find_node_tools() -> dict[str, Path]:
-    """The node's binaries and images; a missing one fails the test, naming what to run."""
+def find_node_tools(arch: str = HOST_ARCH) -> dict[str, Path]:
+    """The node's binaries and images for a node of `arch`; a missing one fails the test, naming what to run."""
     found = {name: TOOLS_BIN / name for name in NODE_BINARIES}
     missing = [name for name, path in found.items() if not path.is_file()]
     for name in SYSTEM_TOOLS:
@@ -118,9 +138,14 @@ def find_node_tools() -> dict[str, Path]:
         else:
             found[name] = Path(path)
     missing += [f"{CNI_BIN}/{p}" for p in ("bridge", "host-local", "loopback") if not (CNI_BIN / p).is_file()]
-    missing += [str(p) for p in (NODE_DIR / "pause.ref", NODE_IMAGES / "pause.tar") if not p.is_file()]
+    images = NODE_IMAGES_BY_ARCH[arch]
+    missing += [str(p) for p in (images / "pause.ref", images / "pause.tar") if not p.is_file()]
+    if arch != HOST_ARCH:
+        found["kubelet"], found["qemu"] = FOREIGN_KUBELET[arch], QEMU_AARCH64
+        missing += [str(p) for p in (FOREIGN_KUBELET[arch], QEMU_AARCH64) if not p.is_file()]
     if missing:
-        pytest.fail(f"node tools missing: {', '.join(missing)}: run `make node-tools` (needs Go, gcc, apt)")
+        target = "make node-tools" if arch == HOST_ARCH else "make arm64-node"
+        pytest.fail(f"node tools missing: {', '.join(missing)}: run `{target}` (needs Go, gcc, apt)")
     return found
 
 
@@ -156,6 +181,7 @@ class Node:
     sock_dir: Path
     cgroup_root: str
     pod_cidr: str
+    arch: str = HOST_ARCH  # what its containers run: an arm64 node runs them through qemu-user
     processes: dict[str, Process] = field(default_factory=dict)
     startup_s: dict[str, float] = field(default_factory=dict)
 
@@ -187,6 +213,8 @@ class Node:
         (a big image then takes its unpacked size once on disk, not twice)."""
         before = set(self.images())
         extra = ["--discard-unpacked-layers"] if discard_layers else []
+        if self.arch != HOST_ARCH:  # ctr unpacks the build machine's platform unless told
+            extra += ["--platform", f"linux/{self.arch}"]
         self.ctr("images", "import", "--local", *extra, str(archive.resolve()), timeout=timeout)
         return sorted(set(self.images()) - before) or self.images()
 
@@ -560,17 +588,33 @@ def remove_cgroup_tree(path: Path, timeout_s: float = 10.0) -> list[str]:
 
 # ---- the fixture body ----------------------------------------------------------------------------------------
 @contextmanager
-def node(plane: ControlPlane, root: Path, name: str = "tsr-node", snapshot_root: Path | None = None) -> Iterator[Node]:
+def node(
+    plane: ControlPlane,
+    root: Path,
+    name: str = "tsr-node",
+    snapshot_root: Path | None = None,
+    arch: str = HOST_ARCH,
+) -> Iterator[Node]:
     """Start a node (namespaces, containerd, the kubelet) that registers with `plane`; yield once it is Ready
     and the pause image is imported; stop everything on exit and check that nothing of it is left.
 
     `snapshot_root`: a host directory for containerd's unpacked layers instead of the node's tmpfs (for images
-    of gigabytes); the caller removes it after the exit."""
-    tools = find_node_tools()
+    of gigabytes); the caller removes it after the exit.
+
+    `arch="arm64"`: an arm64 node under emulation. Its kubelet is an arm64 build and its containers (the pause
+    container too) are arm64 images, all run through qemu-user, registered in the node's own binfmt_misc: the
+    Node registers as `kubernetes.io/arch=arm64` (status.nodeInfo.architecture arm64), so arm64 placement
+    selects it. containerd, its shim and runc stay this machine's (amd64) binaries: they start the containers,
+    whose processes then run arm64 code."""
+    if arch not in NODE_IMAGES_BY_ARCH:
+        raise ValueError(f"node arch {arch!r}: one of {sorted(NODE_IMAGES_BY_ARCH)}")
+    tools = find_node_tools(arch)
     if plane.ca is None:
         pytest.fail("the control plane has no CA to issue the kubelet's certificate with (tests/cluster_plane.py)")
     root.mkdir(parents=True, exist_ok=True)
-    pause_ref = (NODE_DIR / "pause.ref").read_text().strip()
+    node_images = NODE_IMAGES_BY_ARCH[arch]
+    pause_ref = (node_images / "pause.ref").read_text().strip()
+    binfmt = BINFMT_ARM64.format(interpreter=tools["qemu"]) if arch != HOST_ARCH else ""
     sock_dir = Path(tempfile.mkdtemp(prefix="tsr-node-", dir="/tmp"))  # unix socket paths must stay short
     remove_stale_cgroup_roots()
     cgroup_root = f"tsr-{name}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the owner's pid: see remove_stale_...
@@ -618,6 +662,7 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node", snapshot_root:
                 str(NODE_PREFIX),
                 KUBERNETES_SERVICE_IP,
                 str(ready_file),
+                binfmt,
             ],
             log,
         )
@@ -635,7 +680,9 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node", snapshot_root:
             time.sleep(0.02)
         init_pid = _child_of(unshare.pid)
         namespaces = {kind: _ns_inode(init_pid, kind) for kind in ("user", "pid", "net")}
-        n = state["node"] = Node(name, ip, root, plane, init_pid, namespaces, tools, sock_dir, cgroup_root, pod_cidr)
+        n = state["node"] = Node(
+            name, ip, root, plane, init_pid, namespaces, tools, sock_dir, cgroup_root, pod_cidr, arch
+        )
         n.processes["init"] = Process("init", unshare, log)
         if plane.egress is not None:  # the API server reaches the kubelet and the pods by their addresses
             dialer = state["dialer"] = NetnsDialer(init_pid)
@@ -664,7 +711,7 @@ def node(plane: ControlPlane, root: Path, name: str = "tsr-node", snapshot_root:
         n.startup_s["containerd"] = n._wait(
             "containerd", lambda: n.ctr("version", timeout=10, check=False).returncode == 0
         )
-        for archive in sorted(NODE_IMAGES.glob("*.tar")):
+        for archive in sorted(node_images.glob("*.tar")):
             n.import_image(archive)
         n.ctr("images", "label", pause_ref, "io.cri-containerd.pinned=pinned")
         n.startup_s["images"] = time.monotonic() - started
@@ -771,12 +818,19 @@ def _delete_node(plane: ControlPlane, name: str) -> None:
             raise
 
 
-def local_image(name: str) -> tuple[Path, str]:
-    """The docker-archive of an image `make images-local` built and its reference (from sizes.json)."""
-    sizes = IMAGES_DIR / "sizes.json"
-    found = sorted(IMAGES_DIR.glob(f"{name}-*-amd64.tar"))
+def image_dir(arch: str = HOST_ARCH) -> Path:
+    """Where `make images-local` left the archives and sizes.json for `arch` (a foreign arch: a folder of its own)."""
+    return IMAGES_DIR if arch == HOST_ARCH else IMAGES_DIR / arch
+
+
+def local_image(name: str, arch: str = HOST_ARCH) -> tuple[Path, str]:
+    """The docker-archive of an image `make images-local` built for `arch` and its reference (from sizes.json)."""
+    folder = image_dir(arch)
+    sizes = folder / "sizes.json"
+    found = sorted(folder.glob(f"{name}-*-{arch}.tar"))
     if not sizes.is_file() or not found:
-        pytest.fail(f"no {name} archive in {IMAGES_DIR}: run `make images-local` (or set TSR_IMAGES_DIR)")
+        build = "make images-local" + ("" if arch == HOST_ARCH else f" PLATFORMS=linux/{arch}")
+        pytest.fail(f"no {name} archive in {folder}: run `{build}` (or set TSR_IMAGES_DIR)")
     return found[-1], json.loads(sizes.read_text())["images"][name]["ref"]
 
 
@@ -788,14 +842,14 @@ def _mem_available() -> int:
 
 
 def check_room_for(n: Node, names: list[str]) -> None:
-    """Fail in one line unless the disk holds the images unpacked and memory the largest archive's layers (the
-    import passes them through the node's tmpfs)."""
-    sizes = json.loads((IMAGES_DIR / "sizes.json").read_text())["images"]
+    """Fail in one line unless the disk holds the images (of the node's arch) unpacked and memory the largest
+    archive's layers (the import passes them through the node's tmpfs)."""
+    sizes = json.loads((image_dir(n.arch) / "sizes.json").read_text())["images"]
     need = sum(sizes[name]["unpacked_bytes"] for name in names) + (2 << 30)
     free = shutil.disk_usage(n.root).free
     if free < need:
         pytest.fail(f"{free / 1e9:.1f} GB free under {n.root}, the unpacked images need {need / 1e9:.1f} GB")
-    largest = max(local_image(name)[0].stat().st_size for name in names)
+    largest = max(local_image(name, n.arch)[0].stat().st_size for name in names)
     available = _mem_available()
     if available < largest + (4 << 30):
         pytest.fail(f"{available / 1e9:.1f} GB of memory available, the import passes the layers through RAM")

@@ -79,6 +79,17 @@ def test_required_fields_and_annotations() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/gtsrb-classifier/ready"
 
 
+def test_a_slow_start_is_given_time_before_liveness_counts() -> None:
+    """The startup probe gates liveness: a cold start of ten minutes at most (the arm64 image under emulation
+    answered after 40-102 s) is not killed, and liveness has no initial delay to guess."""
+    (container,) = manifest()["spec"]["predictor"]["containers"]
+    startup, liveness = container["startupProbe"], container["livenessProbe"]
+    assert startup["httpGet"] == liveness["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 600
+    assert "initialDelaySeconds" not in liveness
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] == 60
+
+
 def test_security_context_is_non_root_and_locked_down() -> None:
     predictor = manifest()["spec"]["predictor"]
     sc = predictor["containers"][0]["securityContext"]

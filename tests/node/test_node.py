@@ -20,7 +20,7 @@ import httpx
 import pytest
 from kubernetes import client as k8s
 
-from tests.cluster_node import NETTEST_IMAGE, NODE_DIR, NODE_IP, Node, node
+from tests.cluster_node import NETTEST_IMAGE, NODE_IMAGES, NODE_IP, Node, node
 from tests.cluster_plane import TOOLS_BIN, ControlPlane, api_error, ensure_namespace
 from tsr.core.config import StoreConfig
 from tsr.core.processes import free_port, stop_child
@@ -112,12 +112,12 @@ def test_node_is_ready_with_its_kubelet(plane: ControlPlane, kube_node: Node) ->
     assert {"type": "InternalIP", "address": NODE_IP} in [a.to_dict() for a in got.status.addresses]
     assert got.metadata.labels["kubernetes.io/hostname"] == kube_node.name
     # the node's own images are there, under the names the kubelet and the tests ask for
-    pause = (NODE_DIR / "pause.ref").read_text().strip()
+    pause = (NODE_IMAGES / "pause.ref").read_text().strip()
     assert {pause, NETTEST_IMAGE} <= set(kube_node.images())
 
 
 def test_pause_pod_runs(plane: ControlPlane, kube_node: Node, namespace: str) -> None:
-    pause = (NODE_DIR / "pause.ref").read_text().strip()
+    pause = (NODE_IMAGES / "pause.ref").read_text().strip()
     pod = _pod(kube_node, "pause", [], image=pause)
     started = time.monotonic()
     _create(plane, namespace, pod)

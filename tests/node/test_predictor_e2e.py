@@ -85,9 +85,9 @@ def _probabilities(model_dir: Path, images: torch.Tensor) -> torch.Tensor:
         return probabilities(model(to_model_input(images, config.preprocess)), config)  # calibrated, as served
 
 
-def _serving_pod(core: k8s.CoreV1Api, uri: str) -> k8s.V1Pod | None:
+def _serving_pod(core: k8s.CoreV1Api, uri: str, namespace: str = NAMESPACE) -> k8s.V1Pod | None:
     """The Ready predictor pod (not terminating) whose storage URI is `uri`."""
-    pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"serving.kserve.io/inferenceservice={ISVC}").items
+    pods = core.list_namespaced_pod(namespace, label_selector=f"serving.kserve.io/inferenceservice={ISVC}").items
     for pod in pods:
         if pod.metadata.deletion_timestamp is not None:
             continue
@@ -159,16 +159,7 @@ def _run(
 ) -> None:
     core = k8s.CoreV1Api(plane.api_client)
     custom = k8s.CustomObjectsApi(plane.api_client)
-    # ---- images into the node's containerd (on disk), if the disk holds them -----------------------------------
-    predictor_tar, predictor_ref = local_image("tsr-predictor")
-    init_tar, init_ref = local_image("tsr-storage-initializer")
-    # unpacked layers on disk; the layer blobs pass through the node's tmpfs (RAM) and are discarded
-    check_room_for(n, ["tsr-predictor", "tsr-storage-initializer"])
-    started = time.monotonic()
-    for archive in (init_tar, predictor_tar):
-        n.import_image(archive, discard_layers=True, timeout=1200)
-    summary["import_s"] = round(time.monotonic() - started, 1)
-    assert {predictor_ref, init_ref} <= set(n.images()), n.images()
+    predictor_ref, init_ref = _import_serving_images(n, summary)
 
     # ---- two trained versions in a real MinIO, published by the registry ------------------------------------
     minio = LocalMinio(root=tmp_path / "minio", binary=minio_binary)
@@ -177,6 +168,21 @@ def _run(
         _with_store(plane, n, core, custom, store, gtsrb_small, tmp_path, predictor_ref, init_ref, summary)
     finally:
         minio.stop()
+
+
+def _import_serving_images(n: Node, summary: dict[str, Any]) -> tuple[str, str]:
+    """The predictor and storage-initializer images of the node's arch into its containerd (on disk), if the disk
+    holds them; their references. The unpacked layers go to disk, the layer blobs pass through the node's tmpfs
+    (RAM) and are discarded."""
+    predictor_tar, predictor_ref = local_image("tsr-predictor", n.arch)
+    init_tar, init_ref = local_image("tsr-storage-initializer", n.arch)
+    check_room_for(n, ["tsr-predictor", "tsr-storage-initializer"])
+    started = time.monotonic()
+    for archive in (init_tar, predictor_tar):
+        n.import_image(archive, discard_layers=True, timeout=1200)
+    summary["import_s"] = round(time.monotonic() - started, 1)
+    assert {predictor_ref, init_ref} <= set(n.images()), n.images()
+    return predictor_ref, init_ref
 
 
 def _with_store(
@@ -229,47 +235,8 @@ def _with_store(
     assert len(samples) == SAMPLES, f"only {len(samples)} images both models classify correctly"
     assert any(abs(s["p0"] - s["p1"]) > 1e-3 for s in samples)  # the versions are told apart by their answers
 
-    # ---- KServe: the locally built storage-initializer, restricted securityContext kept -----------------------
-    config = core.read_namespaced_config_map("inferenceservice-config", KSERVE_NAMESPACE)
-    storage = json.loads(config.data["storageInitializer"])
-    storage["image"] = init_ref
-    core.patch_namespaced_config_map(
-        "inferenceservice-config", KSERVE_NAMESPACE, {"data": {"storageInitializer": json.dumps(storage)}}
-    )
-    custom.patch_cluster_custom_object(
-        "serving.kserve.io",
-        "v1alpha1",
-        "clusterstoragecontainers",
-        "default",
-        {"spec": {"container": {"image": init_ref, "imagePullPolicy": "Never"}}},
-    )
-    csc = custom.get_cluster_custom_object("serving.kserve.io", "v1alpha1", "clusterstoragecontainers", "default")
-    assert csc["spec"]["container"]["securityContext"]["runAsNonRoot"] is True
-
-    # ---- the namespace (restricted), the S3 Secret + ServiceAccount with the exposed MinIO -------------------
-    ensure_namespace(
-        plane.api_client,
-        NAMESPACE,
-        {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"},
-    )
-    host_port = int(store.endpoint.rsplit(":", 1)[1])
-    node_ip, node_port = n.expose_host_port(host_port)
-    secret, account = build_s3_secret_and_service_account(
-        NAMESPACE,
-        endpoint=f"{node_ip}:{node_port}",
-        use_https=False,
-        access_key=store.access_key,
-        secret_key=store.secret_key,
-    )
-    core.create_namespaced_secret(NAMESPACE, secret)
-    core.create_namespaced_service_account(NAMESPACE, account)
-    core.create_namespaced_config_map(  # the public key the InferenceService mounts (TSR_REQUIRE_SIGNED=1)
-        NAMESPACE,
-        k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(name=SIGNING_PUBLIC_CONFIG_MAP),
-            data={SIGNING_PUBLIC_CONFIG_MAP_KEY: public_key.read_text()},
-        ),
-    )
+    _use_storage_initializer(core, custom, init_ref)
+    _prepare_namespace(plane, n, core, store, public_key.read_text(), NAMESPACE)
 
     # ---- tsr deploy: version 1 ------------------------------------------------------------------------------
     def deploy(version: str) -> float:
@@ -343,6 +310,56 @@ def _with_store(
     assert summary["rollback"], back
 
 
+def _use_storage_initializer(core: k8s.CoreV1Api, custom: k8s.CustomObjectsApi, init_ref: str) -> None:
+    """KServe's storage-initializer image set to the locally built one (ConfigMap and ClusterStorageContainer),
+    its restricted securityContext kept."""
+    config = core.read_namespaced_config_map("inferenceservice-config", KSERVE_NAMESPACE)
+    storage = json.loads(config.data["storageInitializer"])
+    storage["image"] = init_ref
+    core.patch_namespaced_config_map(
+        "inferenceservice-config", KSERVE_NAMESPACE, {"data": {"storageInitializer": json.dumps(storage)}}
+    )
+    custom.patch_cluster_custom_object(
+        "serving.kserve.io",
+        "v1alpha1",
+        "clusterstoragecontainers",
+        "default",
+        {"spec": {"container": {"image": init_ref, "imagePullPolicy": "Never"}}},
+    )
+    csc = custom.get_cluster_custom_object("serving.kserve.io", "v1alpha1", "clusterstoragecontainers", "default")
+    assert csc["spec"]["container"]["securityContext"]["runAsNonRoot"] is True
+
+
+def _prepare_namespace(
+    plane: ControlPlane, n: Node, core: k8s.CoreV1Api, store: StoreConfig, public_key: str, namespace: str
+) -> None:
+    """The namespace (PodSecurity restricted), the S3 Secret + ServiceAccount pointing at the MinIO exposed to
+    the node's pods, and the ConfigMap with the public key the InferenceService mounts (TSR_REQUIRE_SIGNED=1)."""
+    ensure_namespace(
+        plane.api_client,
+        namespace,
+        {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"},
+    )
+    host_port = int(store.endpoint.rsplit(":", 1)[1])
+    node_ip, node_port = n.expose_host_port(host_port)
+    secret, account = build_s3_secret_and_service_account(
+        namespace,
+        endpoint=f"{node_ip}:{node_port}",
+        use_https=False,
+        access_key=store.access_key,
+        secret_key=store.secret_key,
+    )
+    core.create_namespaced_secret(namespace, secret)
+    core.create_namespaced_service_account(namespace, account)
+    core.create_namespaced_config_map(
+        namespace,
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name=SIGNING_PUBLIC_CONFIG_MAP),
+            data={SIGNING_PUBLIC_CONFIG_MAP_KEY: public_key},
+        ),
+    )
+
+
 def _ready_pod_answers(
     n: Node, core: k8s.CoreV1Api, uri: str, samples: list[dict[str, Any]], which: str, after: str
 ) -> tuple[int, int]:
@@ -359,9 +376,9 @@ def _http_port(pod: k8s.V1Pod) -> int:
     return int(next(p.container_port for p in container.ports if p.name == ScrapeConfig().port))
 
 
-def _check_restricted(core: k8s.CoreV1Api, pod: k8s.V1Pod) -> None:
+def _check_restricted(core: k8s.CoreV1Api, pod: k8s.V1Pod, namespace: str = NAMESPACE) -> None:
     """The pod runs as the restricted namespace admitted it: non-root, read-only root fs, init container too."""
-    labels = core.read_namespace(NAMESPACE).metadata.labels
+    labels = core.read_namespace(namespace).metadata.labels
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     predictor = next(c for c in pod.spec.containers if c.name == KSERVE_CONTAINER)
     assert predictor.security_context.read_only_root_filesystem is True
@@ -370,13 +387,13 @@ def _check_restricted(core: k8s.CoreV1Api, pod: k8s.V1Pod) -> None:
     assert init.security_context.allow_privilege_escalation is False
 
 
-def _diagnose(n: Node, core: k8s.CoreV1Api) -> str:
+def _diagnose(n: Node, core: k8s.CoreV1Api, namespace: str = NAMESPACE) -> str:
     lines = []
-    for pod in core.list_namespaced_pod(NAMESPACE).items:
+    for pod in core.list_namespaced_pod(namespace).items:
         lines.append(f"pod {pod.metadata.name}: {pod.status.phase} {pod.status.container_statuses}")
         lines.append(f"  init: {pod.status.init_container_statuses}")
         for c in ["storage-initializer", KSERVE_CONTAINER]:
-            lines.append(f"  {c} log: {n.container_log(NAMESPACE, pod.metadata.name, c)[-1500:]}")
-    for event in core.list_namespaced_event(NAMESPACE).items[-20:]:
+            lines.append(f"  {c} log: {n.container_log(namespace, pod.metadata.name, c)[-1500:]}")
+    for event in core.list_namespaced_event(namespace).items[-20:]:
         lines.append(f"event {event.involved_object.name}: {event.reason}: {event.message}")
     return "\n".join(lines)

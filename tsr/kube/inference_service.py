@@ -100,6 +100,13 @@ PROMETHEUS_PORT_ENV = "KSERVE_CONTAINER_PROMETHEUS_METRICS_PORT"
 RUN_AS_USER = 10001  # the USER of serving/Dockerfile and the Helm chart
 
 
+# The predictor's startup probe (also in the Helm chart's template): 120 tries 5 s apart, up to 10 minutes from
+# container start to the first answer of /v2/health/live (the arm64 image under qemu-user emulation answered after
+# 40-102 s in tests/arm64: docs/images.md).
+STARTUP_PERIOD_S = 5
+STARTUP_FAILURES = 120
+
+
 SIGNING_PUBLIC_VOLUME = "model-signing-public"  # the predictor's volume of the public-key ConfigMap
 
 
@@ -225,9 +232,16 @@ def build_inference_service(spec: InferenceServiceSpec) -> V1beta1InferenceServi
             period_seconds=5,
             failure_threshold=3,
         ),
+        # The startup probe holds the other two back until the server first answers: a cold start (a large
+        # image's first `import torch`, a slow or busy node, arm64 under emulation) gets up to
+        # STARTUP_PERIOD_S * STARTUP_FAILURES seconds instead of being killed by the liveness probe.
+        startup_probe=k8s.V1Probe(
+            http_get=k8s.V1HTTPGetAction(path="/v2/health/live", port=spec.http_port),
+            period_seconds=STARTUP_PERIOD_S,
+            failure_threshold=STARTUP_FAILURES,
+        ),
         liveness_probe=k8s.V1Probe(
             http_get=k8s.V1HTTPGetAction(path="/v2/health/live", port=spec.http_port),
-            initial_delay_seconds=30,
             period_seconds=15,
             failure_threshold=4,
         ),
