@@ -36,6 +36,7 @@ import functools
 import itertools
 import json
 import os
+import platform
 import queue
 import re
 import shutil
@@ -66,21 +67,15 @@ NODE_DIR = REPO_ROOT / ".tools" / "node"
 NODE_IMAGES = NODE_DIR / "images"  # built by make node-tools (.ci/node/images.sh): pause.tar, nettest.tar, pause.ref
 # The node's own images per architecture: an arm64 node's are cross-compiled (make arm64-node).
 NODE_IMAGES_BY_ARCH = {"amd64": NODE_IMAGES, "arm64": NODE_DIR / "images-arm64"}
-HOST_ARCH = "amd64"  # the architecture of this machine, its containerd and runc
+HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]  # this machine's: containerd's, runc's
 # The kubelet labels its Node `kubernetes.io/arch` with its own GOARCH and puts the label back on every status
 # update (--node-labels cannot change it): an arm64 node's kubelet is built for arm64 (make arm64-node) and runs
 # under qemu-user like its containers.
 FOREIGN_KUBELET = {"arm64": TOOLS_BIN / "linux-arm64" / "kubelet"}
-# arm64 ELF binaries run through qemu-user: the binfmt_misc registration .ci/images/foreign-arch.sh makes, here in
-# the node's user namespace (kernel >= 6.7) so that every container of the node inherits it. Flag F: the kernel
-# opens the interpreter at registration, so containers need no qemu in their filesystem.
-QEMU_AARCH64 = Path(os.environ.get("TSR_QEMU_AARCH64", TOOLS_BIN / "qemu-aarch64"))
-BINFMT_ARM64 = (
-    ":tsr-arm64:M::"
-    r"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:"
-    r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:"
-    "{interpreter}:F"
-)
+# Foreign ELF binaries run through qemu-user: the binfmt_misc registration line of .ci/images/foreign-arch.sh
+# (`--binfmt ARCH`), registered here in the node's user namespace (kernel >= 6.7) so that every container of the
+# node inherits it. Flag F: the kernel opens the interpreter at registration, so containers need no qemu inside.
+FOREIGN_ARCH_SH = REPO_ROOT / ".ci" / "images" / "foreign-arch.sh"
 NETTEST_IMAGE = "tsr.local/nettest:1"  # .ci/node/nettest.c: serve / get / cat / sleep
 NODE_BINARIES = ("kubelet", "containerd", "ctr", "containerd-shim-runc-v2")
 SYSTEM_TOOLS = ("runc", "socat", "unshare", "nsenter", "ip", "mount")
@@ -141,12 +136,21 @@ def find_node_tools(arch: str = HOST_ARCH) -> dict[str, Path]:
     images = NODE_IMAGES_BY_ARCH[arch]
     missing += [str(p) for p in (images / "pause.ref", images / "pause.tar") if not p.is_file()]
     if arch != HOST_ARCH:
-        found["kubelet"], found["qemu"] = FOREIGN_KUBELET[arch], QEMU_AARCH64
-        missing += [str(p) for p in (FOREIGN_KUBELET[arch], QEMU_AARCH64) if not p.is_file()]
+        found["kubelet"] = FOREIGN_KUBELET[arch]
+        if not found["kubelet"].is_file():
+            missing.append(str(found["kubelet"]))
     if missing:
         target = "make node-tools" if arch == HOST_ARCH else "make arm64-node"
         pytest.fail(f"node tools missing: {', '.join(missing)}: run `{target}` (needs Go, gcc, apt)")
     return found
+
+
+def _binfmt_registration(arch: str) -> str:
+    """foreign-arch.sh's binfmt_misc registration line for `arch`; a missing interpreter fails the test in its line."""
+    result = subprocess.run([str(FOREIGN_ARCH_SH), "--binfmt", arch], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail(result.stderr.strip())
+    return result.stdout
 
 
 def _ns_inode(pid: int, kind: str) -> str:
@@ -614,7 +618,7 @@ def node(
     root.mkdir(parents=True, exist_ok=True)
     node_images = NODE_IMAGES_BY_ARCH[arch]
     pause_ref = (node_images / "pause.ref").read_text().strip()
-    binfmt = BINFMT_ARM64.format(interpreter=tools["qemu"]) if arch != HOST_ARCH else ""
+    binfmt = _binfmt_registration(arch) if arch != HOST_ARCH else ""
     sock_dir = Path(tempfile.mkdtemp(prefix="tsr-node-", dir="/tmp"))  # unix socket paths must stay short
     remove_stale_cgroup_roots()
     cgroup_root = f"tsr-{name}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the owner's pid: see remove_stale_...

@@ -8,13 +8,15 @@ neither `make node-tools` nor the minute the node takes to start.
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client as k8s
 
 from tests.cluster_node import Node, node
-from tests.cluster_plane import ControlPlane, control_plane
+from tests.cluster_plane import ControlPlane, control_plane, ensure_namespace
 from tests.opt_in import mark_and_deselect
 
 NODE_TESTS = Path(__file__).resolve().parent
@@ -45,3 +47,12 @@ def kube_node(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
             n.assert_running()
     finally:
         shutil.rmtree(snapshots, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace(plane: ControlPlane, kube_node: Node) -> Iterator[str]:
+    """A namespace of its own for one test, deleted after it."""
+    name = f"node-{uuid.uuid4().hex[:8]}"
+    ensure_namespace(plane.api_client, name)
+    yield name
+    k8s.CoreV1Api(plane.api_client).delete_namespace(name)

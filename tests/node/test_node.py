@@ -58,14 +58,6 @@ def _pod(n: Node, name: str, args: list[str], image: str = NETTEST_IMAGE, **cont
     }
 
 
-@pytest.fixture
-def namespace(plane: ControlPlane, kube_node: Node) -> Iterator[str]:
-    name = f"node-{uuid.uuid4().hex[:8]}"
-    ensure_namespace(plane.api_client, name)
-    yield name
-    k8s.CoreV1Api(plane.api_client).delete_namespace(name)
-
-
 def _create(plane: ControlPlane, namespace: str, pod: dict[str, Any]) -> None:
     k8s.CoreV1Api(plane.api_client).create_namespaced_pod(namespace, pod)
 

@@ -26,13 +26,10 @@ import base64
 import json
 import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import torch
 from kubernetes import client as k8s
 
@@ -44,7 +41,7 @@ from tests.cluster_node import (
     Node,
     image_dir,
 )
-from tests.cluster_plane import ControlPlane, ensure_namespace
+from tests.cluster_plane import ControlPlane
 from tests.e2e_summary import recorded
 from tests.node.test_predictor_e2e import (
     MODEL,
@@ -132,14 +129,6 @@ def _in_container(pid: int, path: str) -> Path:
         target = os.readlink(full)
         path = target if target.startswith("/") else str(Path(path).parent / target)
     raise AssertionError(f"too many symlinks from {path} in process {pid}'s root")
-
-
-@pytest.fixture
-def namespace(plane: ControlPlane) -> Iterator[str]:
-    name = f"arm64-{uuid.uuid4().hex[:8]}"
-    ensure_namespace(plane.api_client, name)
-    yield name
-    k8s.CoreV1Api(plane.api_client).delete_namespace(name)
 
 
 def test_arm64_placement_runs_arm64_code(
